@@ -1,0 +1,157 @@
+"""Finding the images and their labels in the course's folder layouts (and MedMNIST files).
+
+- Lab1: `<Set>/{train,test}/` flat files, class from a token in the file name.
+- Lab2: `<Set>/{train,validation}/<class>/` one sub-folder per class.
+- MedMNIST: one `.npz` with `{train,val,test}_{images,labels}`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from datasets.catalog import DataSet
+from datasets.errors import DataError
+from datasets.images import is_image
+
+VALIDATION_NAMES = ("validation", "val", "test")  # Lab1 used its test folder for validation
+MEDMNIST_SPLITS = {"train": "train", "val": "val", "test": "test"}
+
+
+@dataclass
+class FileSplit:
+    paths: list[Path]
+    labels: np.ndarray
+
+
+def locate(dataset: DataSet, data_dir: Path) -> tuple[str, Path]:
+    """Where `dataset` lives under a user-given folder, and in which layout.
+
+    Accepts the course root (holding Lab1/ and Lab2/), a Lab folder, the data set's own folder,
+    or a MedMNIST `.npz` file.
+    """
+    if data_dir.suffix == ".npz":
+        if not data_dir.is_file():
+            raise DataError(f"MedMNIST file {data_dir} does not exist; check the path.")
+        return "medmnist", data_dir
+    if not data_dir.is_dir():
+        raise DataError(
+            f"data folder {data_dir} does not exist; pass the course data folder "
+            f"(the one holding Lab1/ or Lab2/), its {dataset.folder}/ folder, or a MedMNIST .npz."
+        )
+    folder = dataset.folder
+    candidates = [
+        data_dir,
+        data_dir / folder,
+        data_dir / "Lab2" / folder,
+        data_dir / "Lab1" / "Lab2" / folder,  # older years nested Lab2 inside Lab1
+        data_dir / "Lab1" / folder,
+    ]
+    for candidate in candidates:
+        layout = _layout_of(candidate)
+        if layout:
+            return layout, candidate
+    looked = ", ".join(str(c.relative_to(data_dir)) or "." for c in candidates)
+    raise DataError(
+        f"no {folder} data found under {data_dir}: looked for a train/ folder in {looked}. "
+        f"Expected Lab2/{folder}/train/<class>/ or Lab1/{folder}/train/ with images."
+    )
+
+
+def _layout_of(folder: Path) -> str | None:
+    train = folder / "train"
+    if not train.is_dir():
+        return None
+    entries = [e for e in train.iterdir() if not e.name.startswith(".")]
+    if any(e.is_dir() for e in entries):
+        return "lab2"
+    if any(is_image(e) for e in entries):
+        return "lab1"
+    raise DataError(f"{train} is empty: it holds no class folders and no images.")
+
+
+def validation_folder(root: Path) -> Path:
+    for name in VALIDATION_NAMES:
+        if (root / name).is_dir():
+            return root / name
+    raise DataError(
+        f"{root} has a train/ folder but no validation split: add one of "
+        f"{', '.join(n + '/' for n in VALIDATION_NAMES)} beside it."
+    )
+
+
+def lab2_split(dataset: DataSet, folder: Path) -> FileSplit:
+    """Class sub-folders, matched case-insensitively to the data set's class names."""
+    sub = {d.name.lower(): d for d in folder.iterdir() if d.is_dir()}
+    missing = [c for c in dataset.classes if c.lower() not in sub]
+    if missing:
+        found = ", ".join(sorted(d.name for d in sub.values())) or "none"
+        raise DataError(
+            f"{folder} has no folder for class {', '.join(missing)} (found: {found}); "
+            f"expected one sub-folder per class: {', '.join(dataset.classes)}."
+        )
+    paths, labels = [], []
+    for label, name in enumerate(dataset.classes):
+        files = sorted(p for p in sub[name.lower()].iterdir() if is_image(p))
+        if not files:
+            raise DataError(f"class folder {sub[name.lower()]} holds no images.")
+        paths += files
+        labels += [label] * len(files)
+    return FileSplit(paths, np.asarray(labels, dtype="int64"))
+
+
+def lab1_split(dataset: DataSet, folder: Path) -> FileSplit:
+    """Flat files; the class is the one token the file name holds (or starts with)."""
+    paths, labels = [], []
+    for path in sorted(p for p in folder.iterdir() if is_image(p)):
+        if dataset.token_is_prefix:
+            hits = [i for i, t in enumerate(dataset.tokens) if path.name.startswith(t + "_")]
+        else:
+            hits = [i for i, t in enumerate(dataset.tokens) if t in path.name]
+        if len(hits) != 1:
+            raise DataError(
+                f"cannot tell the class of {path}: its name must contain exactly one of "
+                f"{', '.join(dataset.tokens)}. Rename the file or move it out of {folder}."
+            )
+        paths.append(path)
+        labels.append(hits[0])
+    if not paths:
+        raise DataError(f"{folder} holds no images.")
+    return FileSplit(paths, np.asarray(labels, dtype="int64"))
+
+
+def file_splits(dataset: DataSet, layout: str, root: Path) -> dict[str, FileSplit]:
+    read = lab2_split if layout == "lab2" else lab1_split
+    return {
+        "train": read(dataset, root / "train"),
+        "val": read(dataset, validation_folder(root)),
+    }
+
+
+def medmnist_splits(dataset: DataSet, path: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Images (N, H, W[, C]) uint8 and labels (N,) of each split in a MedMNIST file."""
+    try:
+        archive = np.load(path)
+    except (OSError, ValueError) as error:
+        raise DataError(f"cannot read MedMNIST file {path}: {error}") from error
+    with archive:
+        needed = [f"{s}_{k}" for s in MEDMNIST_SPLITS for k in ("images", "labels")]
+        missing = [k for k in needed if k not in archive.files]
+        if missing:
+            raise DataError(
+                f"{path} is not a MedMNIST file: missing {', '.join(missing)} "
+                f"(found {', '.join(archive.files)})."
+            )
+        splits = {
+            name: (archive[f"{key}_images"], archive[f"{key}_labels"].reshape(-1).astype("int64"))
+            for name, key in MEDMNIST_SPLITS.items()
+        }
+    n_found = int(max(labels.max() for _, labels in splits.values())) + 1
+    if n_found > dataset.n_classes:
+        raise DataError(
+            f"{path} has {n_found} classes but the task's data set '{dataset.key}' has "
+            f"{dataset.n_classes}; pick a task with {n_found} classes or another file."
+        )
+    return splits

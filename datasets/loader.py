@@ -1,0 +1,87 @@
+"""A task's data as arrays: locate, decode once, cache, and hand the same arrays to every trial."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from datasets import catalog, synthetic
+from datasets.cache import cache_root, cached_arrays, fingerprint
+from datasets.images import load_many, resize_array
+from datasets.layouts import file_splits, locate, medmnist_splits
+
+
+@dataclass
+class TaskData:
+    """Gray uint8 images (N, S, S) and integer labels for each split."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_val: np.ndarray
+    y_val: np.ndarray
+    class_names: list[str]
+    source: str  # where the data came from, for people and for the MLflow params
+    layout: str
+    fingerprint: str
+    from_cache: bool
+    extra: dict[str, np.ndarray] = field(default_factory=dict)  # e.g. MedMNIST's test split
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.class_names)
+
+
+def load(data: str, data_dir: str | Path | None, image_size: int) -> TaskData:
+    """Load data set `data` from `data_dir`, or from the embedded synthetic set when it is None."""
+    dataset = catalog.get(data)
+    if data_dir in (None, ""):
+        data_dir = synthetic.ensure(dataset.synthetic, cache_root() / "synthetic")
+    layout, root = locate(dataset, Path(data_dir).expanduser().resolve())
+    if layout == "medmnist":
+        return _load_medmnist(dataset, root, image_size)
+
+    splits = file_splits(dataset, layout, root)
+    every_file = [p for split in splits.values() for p in split.paths]
+    key = {"layout": layout, "root": str(root), "size": image_size,
+           "files": fingerprint(every_file, root)}
+
+    def build() -> dict[str, np.ndarray]:
+        print(f"Decoding {len(every_file)} images from {root} at {image_size}x{image_size} ...")
+        arrays = {}
+        for name, split in splits.items():
+            arrays[f"x_{name}"] = load_many(split.paths, image_size)
+            arrays[f"y_{name}"] = split.labels
+        return arrays
+
+    arrays, from_cache = cached_arrays(key, build)
+    return TaskData(
+        **arrays,
+        class_names=list(dataset.classes),
+        source=str(root),
+        layout=layout,
+        fingerprint=key["files"],
+        from_cache=from_cache,
+    )
+
+
+def _load_medmnist(dataset: catalog.DataSet, path: Path, image_size: int) -> TaskData:
+    key = {"layout": "medmnist", "root": str(path), "size": image_size,
+           "files": fingerprint([path], path.parent)}
+
+    def build() -> dict[str, np.ndarray]:
+        arrays = {}
+        for name, (images, labels) in medmnist_splits(dataset, path).items():
+            arrays[f"x_{name}"] = resize_array(images, image_size)
+            arrays[f"y_{name}"] = labels
+        return arrays
+
+    arrays, from_cache = cached_arrays(key, build)
+    return TaskData(
+        x_train=arrays["x_train"], y_train=arrays["y_train"],
+        x_val=arrays["x_val"], y_val=arrays["y_val"],
+        class_names=[f"class {i}" for i in range(dataset.n_classes)],
+        source=str(path), layout="medmnist", fingerprint=key["files"], from_cache=from_cache,
+        extra={"x_test": arrays["x_test"], "y_test": arrays["y_test"]},
+    )

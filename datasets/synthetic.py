@@ -1,0 +1,664 @@
+"""Deterministic synthetic stand-ins for the course image sets, in the course's folder layouts.
+
+When the real data is not at hand, these sets let the real loaders, models and searches run
+end to end. The images are drawn so that the task is a *real* learning problem: the classes
+differ in shape and texture, every cue is drawn from overlapping class-conditional ranges and
+buried under nuisance variation (position, size, rotation, tone, blur, noise, hair or soft
+tissue), so a small CNN's hyperparameters matter and nothing reaches 100%.
+
+Layouts written (``root`` is the folder you pass):
+
+- ``write_skin``:  ``root/Lab2/Skin/{train,validation}/{Mel,Nevi}/*.png``   (0 = Mel, 1 = Nevi)
+- ``write_bone``:  ``root/Lab2/Bone/{train,validation}/{AFF,NFF}/*.png``    (0 = AFF, 1 = NFF)
+- ``write_xray9``: ``root/Lab1/X_ray/{train,test}/C{k}_{i}.png``            (k = 1..9)
+- ``write_lungs``: ``root/Lab3/X_ray/{Image,Mask}/Im{i}.png``               (mask > 0 is lung)
+
+All images are 8-bit grayscale PNG of ``size`` x ``size`` pixels; masks hold only 0 and 255.
+Shapes are drawn in resolution-independent coordinates, so a set at another ``size`` shows the
+same content. Every image has its own random stream, ``default_rng([seed, set, split, index])``,
+so the same seed gives byte-identical files regardless of write order, and no global random
+state is touched.
+
+``ensure(name, root, **kwargs)`` writes a set once, atomically, into a folder whose name spells
+out every setting (see ``set_folder``), e.g.
+``root/skin-n_train1000-n_val200-size128-seed0-v1/Lab2/Skin``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import operator
+import os
+import shutil
+import socket
+import uuid
+from collections.abc import Callable
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+# Bumped whenever a generator's pixels change, so an old set on disk is never taken for a new one.
+VERSION = 1
+MARKER = ".medtune-synthetic.json"
+
+SKIN_CLASSES = ("Mel", "Nevi")
+BONE_CLASSES = ("AFF", "NFF")
+XRAY9_CLASSES = tuple(f"C{k}" for k in range(1, 10))
+
+# Where each set lives below the folder passed to its writer (the course layout).
+SUBDIRS: dict[str, tuple[str, ...]] = {
+    "skin": ("Lab2", "Skin"),
+    "bone": ("Lab2", "Bone"),
+    "xray9": ("Lab1", "X_ray"),
+    "lungs": ("Lab3", "X_ray"),
+}
+# One random-stream tag per set, so skin image 3 and bone image 3 are unrelated at one seed.
+_TAGS = {"skin": 1, "bone": 2, "xray9": 3, "lungs": 4}
+
+# Class separation of the latent "how abnormal" score (class means at -sep and +sep, unit
+# spread). This, not label noise, is what keeps the best reachable accuracy below 100%.
+_SKIN_SEP = 1.7
+_BONE_SEP = 2.0
+# How loosely each visible cue follows the latent score (on its 0..1 scale).
+_CUE_NOISE = 0.12
+
+
+# --------------------------------------------------------------------------- drawing helpers
+
+
+@lru_cache(maxsize=8)
+def _grid(size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel-centre coordinates in [-1, 1] (x right, y down), cached per size."""
+    c = ((np.arange(size, dtype=np.float64) + 0.5) / size) * 2.0 - 1.0
+    xx, yy = np.meshgrid(c, c)
+    xx.flags.writeable = False  # shared between images: guard against in-place edits
+    yy.flags.writeable = False
+    return xx, yy
+
+
+def _sigmoid(x: np.ndarray | float) -> np.ndarray:
+    return 0.5 * (1.0 + np.tanh(0.5 * np.asarray(x)))  # tanh form: no overflow warnings
+
+
+def _smooth_noise(rng: np.random.Generator, size: int, cells: int) -> np.ndarray:
+    """Zero-mean, unit-std noise with blobs about size/cells pixels wide (bicubic upsampling)."""
+    coarse = rng.standard_normal((cells, cells)).astype(np.float32)
+    field = np.asarray(
+        Image.fromarray(coarse).resize((size, size), Image.Resampling.BICUBIC), dtype=np.float64
+    )
+    field -= field.mean()
+    return field / (field.std() + 1e-9)
+
+
+def _blur(a: np.ndarray, sigma_px: float) -> np.ndarray:
+    """Separable Gaussian blur in plain numpy (deterministic, no SciPy needed)."""
+    if sigma_px < 0.25:
+        return a
+    r = max(1, min(int(np.ceil(3.0 * sigma_px)), a.shape[0] - 1))
+    k = np.exp(-0.5 * (np.arange(-r, r + 1) / sigma_px) ** 2)
+    k /= k.sum()
+    p = np.pad(a, r, mode="reflect")
+    h, w = a.shape
+    rows = sum(k[j] * p[:, j : j + w] for j in range(2 * r + 1))
+    return sum(k[j] * rows[j : j + h, :] for j in range(2 * r + 1))
+
+
+def _segment_distance(
+    xx: np.ndarray, yy: np.ndarray, p0: tuple[float, float], p1: tuple[float, float]
+) -> np.ndarray:
+    dx, dy = p1[0] - p0[0], p1[1] - p0[1]
+    t = ((xx - p0[0]) * dx + (yy - p0[1]) * dy) / (dx * dx + dy * dy + 1e-12)
+    t = np.clip(t, 0.0, 1.0)
+    return np.hypot(xx - (p0[0] + t * dx), yy - (p0[1] + t * dy))
+
+
+def _polyline_distance(xx: np.ndarray, yy: np.ndarray, pts: np.ndarray) -> np.ndarray:
+    d = _segment_distance(xx, yy, tuple(pts[0]), tuple(pts[1]))
+    for a, b in zip(pts[1:-1], pts[2:], strict=True):
+        d = np.minimum(d, _segment_distance(xx, yy, tuple(a), tuple(b)))
+    return d
+
+
+def _bezier(p0: np.ndarray, p1: np.ndarray, p2: np.ndarray, n: int = 10) -> np.ndarray:
+    t = np.linspace(0.0, 1.0, n)[:, None]
+    return (1 - t) ** 2 * p0 + 2 * (1 - t) * t * p1 + t**2 * p2
+
+
+def _ellipse(xx, yy, cx, cy, rx, ry, angle, soft):  # noqa: ANN001, ANN202 - internal
+    """Soft-edged filled ellipse; `soft` is the edge width in normalized units."""
+    c, s = np.cos(angle), np.sin(angle)
+    u = ((xx - cx) * c + (yy - cy) * s) / rx
+    v = (-(xx - cx) * s + (yy - cy) * c) / ry
+    r = np.hypot(u, v)
+    return _sigmoid((1.0 - r) * min(rx, ry) / soft)
+
+
+def _bar(xx, yy, p0, p1, half_width, soft):  # noqa: ANN001, ANN202 - internal
+    """Soft-edged capsule (a bone-like rod) from p0 to p1."""
+    return _sigmoid((half_width - _segment_distance(xx, yy, p0, p1)) / soft)
+
+
+def _finish(rng: np.random.Generator, img: np.ndarray, size: int, blur: tuple, noise: tuple):
+    """Optics blur, then sensor noise, then 8 bits (blur in pixels at 128 px, scaled to size)."""
+    img = _blur(img, rng.uniform(*blur) * size / 128.0)
+    img = img + rng.normal(0.0, rng.uniform(*noise), img.shape)
+    return np.clip(np.rint(img * 255.0), 0, 255).astype(np.uint8)
+
+
+def _rng(name: str, seed: int, split: int, index: int) -> np.random.Generator:
+    # Per-image stream: files do not depend on write order or on how many other images exist.
+    return np.random.default_rng([seed, _TAGS[name], split, index])
+
+
+# ------------------------------------------------------------------------------- renderers
+
+
+def _cues(rng: np.random.Generator, label: int, sep: float, n: int) -> np.ndarray:
+    """n visible-cue strengths in [0, 1] that follow one latent score drawn around +-sep.
+
+    The latent scores of the two classes overlap (normal, unit spread), and each cue adds its
+    own jitter, so even a perfect reader of the cues cannot separate every image.
+    """
+    latent = rng.normal(sep if label == 0 else -sep, 1.0)
+    s = float(_sigmoid(latent))
+    return np.clip(s + rng.normal(0.0, _CUE_NOISE, n), 0.0, 1.0)
+
+
+def render_skin(rng: np.random.Generator, label: int, size: int) -> np.ndarray:
+    """Dermoscopy-like lesion: label 0 (Mel) tends to be asymmetric, ragged and blotchy,
+    label 1 (Nevi) round, smooth and even; all three cues overlap between the classes."""
+    xx, yy = _grid(size)
+    asym, ragged, blotchy = _cues(rng, label, _SKIN_SEP, 3)
+
+    # Skin: tone and its slow variation are class-free, so brightness says nothing of the class.
+    tone = rng.uniform(0.55, 0.9)
+    bg = tone * (1.0 + 0.05 * _smooth_noise(rng, size, 4) + 0.02 * _smooth_noise(rng, size, 24))
+
+    # Lesion outline r(theta): ellipse (nuisance) + low harmonics (asymmetry) + high (ragged).
+    cx, cy = rng.uniform(-0.22, 0.22, 2)
+    radius = rng.uniform(0.28, 0.5)
+    dx, dy = xx - cx, yy - cy
+    rho = np.hypot(dx, dy)
+    theta = np.arctan2(dy, dx) - rng.uniform(0.0, 2 * np.pi)
+    ell = rng.uniform(0.0, 0.22)
+    a1, a3 = 0.22 * asym * rng.uniform(0.6, 1.0, 2)
+    ks = np.arange(5, 13)
+    amps = rng.uniform(0.3, 1.0, ks.size) / np.sqrt(ks)
+    amps *= 0.22 * ragged / np.sqrt(0.5 * np.sum(amps**2))  # rms wobble proportional to cue
+    phases = rng.uniform(0.0, 2 * np.pi, ks.size + 2)
+    shape = 1.0 + ell * np.cos(2 * theta)
+    shape += a1 * np.cos(theta + phases[-1]) + a3 * np.cos(3 * theta + phases[-2])
+    for k, a, ph in zip(ks, amps, phases, strict=False):
+        shape += a * np.cos(k * theta + ph)
+    # Wobble adds area; shrink so lesion area (and so mean intensity) stays class-free.
+    radius /= np.sqrt(1.0 + 0.5 * (ell**2 + a1**2 + a3**2 + np.sum(amps**2)))
+    edge = rng.uniform(0.006, 0.03)
+    lesion = _sigmoid((radius * shape - rho) / edge)
+
+    # Pigment: class-free mean depth; blotch contrast follows the cue (zero-mean, so the
+    # average darkness stays class-free too). Some texture in every lesion.
+    depth = rng.uniform(0.3, 0.65)
+    texture = _smooth_noise(rng, size, int(rng.integers(6, 11)))
+    contrast = rng.uniform(0.03, 0.12) + 0.8 * blotchy
+    pigment = np.clip(depth * (1.0 + contrast * texture), 0.03, 0.95)
+    img = bg * (1.0 - pigment * lesion)
+
+    # Hairs: dark thin curves over anything, in both classes.
+    for _ in range(int(rng.poisson(1.3))):
+        p0, p1, p2 = rng.uniform(-1.1, 1.1, (3, 2))
+        d = _polyline_distance(xx, yy, _bezier(p0, p1, p2))
+        width = rng.uniform(0.006, 0.016)
+        img = img * (1.0 - rng.uniform(0.3, 0.7) * _sigmoid((width - d) / 0.004))
+
+    # Dermatoscope vignette in some images.
+    if rng.random() < 0.3:
+        r0 = rng.uniform(0.95, 1.25)
+        img = img * (1.0 - rng.uniform(0.4, 0.9) * np.clip((np.hypot(xx, yy) - r0) / 0.15, 0, 1))
+    return _finish(rng, img, size, blur=(0.5, 1.3), noise=(0.01, 0.035))
+
+
+def render_bone(rng: np.random.Generator, label: int, size: int) -> np.ndarray:
+    """Radiograph of a femoral shaft with a fracture. Label 0 (AFF): transverse, often incomplete
+    crack from the lateral cortex with a cortical beak; label 1 (NFF): oblique or spiral line,
+    often with extra fragment lines. Obliquity, beak and comminution overlap between classes."""
+    xx, yy = _grid(size)
+    px = 2.0 / size
+    oblique, plain, comminuted = _cues(rng, label, -_BONE_SEP, 3)  # high cue = NFF-like
+    beak = 1.0 - plain
+
+    # Soft tissue: dark, mottled; the thigh is a broad brighter band around the bone.
+    angle = rng.uniform(-0.3, 0.3)  # shaft angle from vertical
+    ux, uy = np.sin(angle), np.cos(angle)  # along the shaft
+    cx, cy = rng.uniform(-0.25, 0.25), rng.uniform(-0.2, 0.2)
+    along = (xx - cx) * ux + (yy - cy) * uy
+    across = (xx - cx) * uy - (yy - cy) * ux
+    r_out = rng.uniform(0.18, 0.28)
+    r_in = r_out * rng.uniform(0.45, 0.7)
+    tissue = rng.uniform(0.08, 0.25) * (1.0 + 0.25 * _smooth_noise(rng, size, 5))
+    tissue += rng.uniform(0.05, 0.15) * np.exp(-((across / (r_out * rng.uniform(2.5, 4))) ** 2))
+
+    # Fracture line: along = f0 + tan(beta) * across + curvature * across^2 (spiral-ish bend).
+    f0 = rng.uniform(-0.25, 0.25)
+    beta = np.deg2rad(rng.uniform(-8, 8) + 62.0 * oblique) * rng.choice((-1.0, 1.0))
+    bend = rng.uniform(-2.0, 2.0) * oblique
+    g = (along - f0 - np.tan(beta) * across - bend * across**2) * np.cos(beta)
+    lateral = rng.choice((-1.0, 1.0))
+
+    # Distal fragment slightly shifted sideways (both classes).
+    side = _sigmoid(g / px)
+    across_s = across - side * rng.uniform(-0.05, 0.05)
+
+    # Projection of a hollow tube: chord length through the cortex, brightest at the endosteum.
+    def chord(a: np.ndarray, r: float) -> np.ndarray:
+        return np.sqrt(np.clip(r * r - a * a, 0.0, None))
+
+    proj = (chord(across_s, r_out) - chord(across_s, r_in)) / np.sqrt(r_out**2 - r_in**2)
+    marrow = rng.uniform(0.15, 0.3) * chord(across_s, r_in) / r_in
+    bone = rng.uniform(0.5, 0.7) * (proj + marrow)
+
+    # Crack: thin dark gap; AFF-like ones may stop part-way from the lateral cortex.
+    reach = np.clip(0.35 + 0.8 * oblique + rng.normal(0, 0.15), 0.3, 1.0)
+    start = lateral * r_out * (1.0 - 2.0 * reach)  # crack runs from the lateral edge to here
+    extent = _sigmoid((lateral * (across - start)) / px)
+    width = rng.uniform(0.035, 0.055)
+    crack = np.exp(-((g / width) ** 2)) * extent
+    bone = bone * (1.0 - rng.uniform(0.75, 1.0) * crack)
+    # Overriding fragments: a denser (brighter) band beside an oblique line where the fragments
+    # slide past each other; it also offsets the line's darkening, so brightness stays class-free.
+    overlap = np.exp(-(((g + 2.0 * width) / (1.2 * width)) ** 2)) * extent
+    bone = bone * (1.0 + rng.uniform(0.4, 0.7) * oblique * overlap)
+
+    # Extra fragment lines (comminution) branching off the main line.
+    for _ in range(int(rng.binomial(3, 0.1 + 0.6 * comminuted))):
+        t = rng.uniform(-r_out, r_out)
+        p0 = np.array([cx, cy]) + (f0 + np.tan(beta) * t) * np.array([ux, uy])
+        p0 += t * np.array([uy, -ux])
+        phi = rng.uniform(0, 2 * np.pi)
+        length = rng.uniform(0.05, 0.14)
+        p1 = p0 + length * np.array([np.cos(phi), np.sin(phi)])
+        d = _segment_distance(xx, yy, tuple(p0), tuple(p1))
+        bone = bone * (1.0 - rng.uniform(0.5, 0.9) * np.exp(-((d / width) ** 2)))
+
+    # Beak: focal spindle-shaped thickening of the lateral cortex at the fracture site.
+    beak_amp = np.clip(beak + rng.normal(0, 0.1), 0, 1) * rng.uniform(0.6, 0.9)
+    s_along = rng.uniform(0.04, 0.08)
+    s_across = rng.uniform(0.025, 0.045)
+    bump = np.exp(
+        -0.5 * ((along - f0) / s_along) ** 2 - 0.5 * ((across - lateral * (r_out + 0.5 * s_across)) / s_across) ** 2
+    )
+    bone = bone + beak_amp * bump
+
+    img = tissue + bone * rng.uniform(0.8, 1.1)
+    return _finish(rng, img, size, blur=(0.5, 1.3), noise=(0.01, 0.035))
+
+
+def _xray9_density(
+    rng: np.random.Generator, k: int, xx: np.ndarray, yy: np.ndarray, px: float
+) -> np.ndarray:
+    """Bone density map (about 0..1) of organ template k (1..9) in the template's frame.
+
+    Neighbouring templates share parts and overlapping parameter ranges on purpose (one thick
+    shaft vs two touching shafts vs two shafts with a thin joint gap; spine column vs abdomen
+    with a spine; faint-ribbed chest vs abdomen), so a few images are genuinely ambiguous.
+    """
+    soft = px * rng.uniform(0.8, 1.6)
+
+    def j(lo: float, hi: float) -> float:
+        return float(rng.uniform(lo, hi))
+
+    d = np.zeros_like(xx)
+    if k == 1:  # skull: elliptic ring of variable thickness, sometimes a jaw arc
+        rx, ry, t = j(0.45, 0.62), j(0.55, 0.72), j(0.04, 0.12)
+        d += _ellipse(xx, yy, 0, 0, rx, ry, 0, soft)
+        d -= j(0.6, 0.85) * _ellipse(xx, yy, 0, 0, rx - t, ry - t, 0, soft)
+        if rng.random() < 0.6:
+            d += 0.7 * _bar(xx, yy, (-0.3, ry * 0.85), (0.3, ry * 0.85), j(0.03, 0.05), soft)
+    elif k in (2, 9):  # chest / abdomen: soft body with a spine down the middle
+        d += j(0.25, 0.4) * _ellipse(xx, yy, 0, 0, j(0.65, 0.85), j(0.6, 0.9), 0, soft * 4)
+        d += j(0.35, 0.6) * _bar(xx, yy, (0, -0.9), (0, 0.9), j(0.05, 0.1), soft)
+        if k == 2:  # chest: dark lung fields crossed by ribs of variable contrast
+            for side in (-1, 1):
+                d -= j(0.1, 0.25) * _ellipse(
+                    xx, yy, side * 0.33, -0.05, j(0.2, 0.26), j(0.45, 0.55), 0, soft
+                )
+            rib = j(0.12, 0.35)
+            for y in np.linspace(-0.55, 0.45, int(rng.integers(4, 8))):
+                for side in (-1, 1):
+                    pts = _bezier(np.array([0.0, y]), np.array([side * 0.5, y - 0.15]),
+                                  np.array([side * 0.7, y + 0.1]), 6)
+                    d += rib * _sigmoid((0.018 - _polyline_distance(xx, yy, pts)) / soft)
+        else:  # abdomen: dark gas bubbles, faint pelvic rim at the bottom
+            for _ in range(int(rng.integers(2, 7))):
+                gx, gy = rng.uniform(-0.55, 0.55, 2)
+                d -= j(0.1, 0.25) * _ellipse(xx, yy, gx, gy, j(0.05, 0.12), j(0.05, 0.12), 0, soft)
+            d += j(0.0, 0.3) * _ellipse(xx, yy, 0, 0.85, 0.6, 0.2, 0, soft * 3)
+    elif k == 3:  # long bone: one thick shaft, ends from plain to knobby
+        w = j(0.07, 0.13)
+        d += _bar(xx, yy, (0, -0.65), (0, 0.65), w, soft)
+        for end in (-1, 1):
+            d += j(0.4, 0.9) * _ellipse(xx, yy, 0, end * 0.65, w * j(1.0, 2.0), w * 1.2, 0, soft)
+    elif k == 4:  # forearm: two thinner shafts, from touching to well apart
+        gap = j(0.0, 0.12)
+        for side in (-1, 1):
+            w = j(0.045, 0.075)
+            x = side * (gap + w)
+            d += _bar(xx, yy, (x, -0.7), (x + side * j(-0.05, 0.05), 0.7), w, soft)
+    elif k == 5:  # hand: palm block with three to five radiating fingers
+        d += 0.7 * _ellipse(xx, yy, 0, 0.35, j(0.25, 0.35), j(0.22, 0.32), 0, soft)
+        fingers = np.linspace(-0.9, 0.6, 5)
+        keep = rng.permutation(5)[: int(rng.integers(3, 6))]
+        for i in keep:
+            a = fingers[i] + j(-0.1, 0.1)
+            length = j(0.35, 0.65) * (0.7 if i == 0 else 1.0)
+            p0 = (0.25 * np.sin(a), 0.3 - 0.25 * np.cos(a))
+            p1 = (p0[0] + length * np.sin(a), p0[1] - length * np.cos(a))
+            d += _bar(xx, yy, p0, p1, j(0.03, 0.05), soft)
+    elif k == 6:  # spine: vertical stack of vertebral blocks, sometimes in soft tissue
+        if rng.random() < 0.5:
+            d += j(0.15, 0.35) * _ellipse(xx, yy, 0, 0, j(0.6, 0.85), j(0.6, 0.9), 0, soft * 4)
+        n = int(rng.integers(5, 9))
+        h = 1.6 / n
+        fill = j(0.32, 0.48)
+        for i in range(n):
+            y = -0.8 + (i + 0.5) * h
+            d += _ellipse(xx, yy, j(-0.03, 0.03), y, j(0.1, 0.2), h * fill, 0, soft)
+    elif k == 7:  # pelvis: two rings (obturator foramina) under broad iliac wings
+        for side in (-1, 1):
+            cx = side * j(0.2, 0.3)
+            r = j(0.12, 0.18)
+            d += _ellipse(xx, yy, cx, 0.3, r, r * 0.85, 0, soft)
+            d -= _ellipse(xx, yy, cx, 0.3, r * 0.6, r * 0.5, 0, soft)
+            d += j(0.4, 0.7) * _ellipse(xx, yy, side * 0.42, -0.25, 0.3, 0.2, side * 0.5, soft)
+    else:  # knee: two shafts end to end with a (sometimes thin) joint gap, faint patella
+        w = j(0.07, 0.12)
+        gap = j(0.015, 0.1)
+        d += _bar(xx, yy, (0, -0.8), (0, -gap - w), w, soft)
+        d += j(0.6, 1.0) * _ellipse(xx, yy, 0, -gap - 0.05, w * j(1.2, 1.9), 0.08, 0, soft)
+        d += _bar(xx, yy, (0, gap + w), (0, 0.8), w * 0.9, soft)
+        d += j(0.6, 1.0) * _ellipse(xx, yy, 0, gap + 0.05, w * j(1.2, 1.8), 0.07, 0, soft)
+        d += j(0.0, 0.6) * _ellipse(xx, yy, j(0.12, 0.25), -0.05, 0.09, 0.1, 0, soft)
+    return d
+
+
+def render_xray9(rng: np.random.Generator, label: int, size: int) -> np.ndarray:
+    """Nine anatomy-like templates (label 0..8 = C1..C9) under random pose, exposure and noise."""
+    px = 2.0 / size
+    xx0, yy0 = _grid(size)
+    # Random pose: rotate, scale, shift the template's coordinate frame.
+    a = rng.uniform(-0.45, 0.45)
+    scale = rng.uniform(0.8, 1.2)
+    tx, ty = rng.uniform(-0.18, 0.18, 2)
+    c, s = np.cos(a), np.sin(a)
+    xx = ((xx0 - tx) * c + (yy0 - ty) * s) / scale
+    yy = (-(xx0 - tx) * s + (yy0 - ty) * c) / scale
+    density = _xray9_density(rng, label + 1, xx, yy, px / scale)
+    # Distractors any class may have: a bright marker and a soft blob.
+    if rng.random() < 0.4:
+        mx, my = rng.uniform(-0.85, 0.85, 2)
+        density += 0.8 * _ellipse(xx0, yy0, mx, my, 0.04, 0.04, 0, px)
+    bx, by = rng.uniform(-0.6, 0.6, 2)
+    density += rng.uniform(0, 0.3) * _ellipse(xx0, yy0, bx, by, 0.2, 0.15, rng.uniform(0, 3), 0.1)
+    img = rng.uniform(0.03, 0.15) + rng.uniform(0.5, 0.85) * density
+    img = img * (1.0 + 0.15 * _smooth_noise(rng, size, 6))
+    # Collimator shutters in some images: one side cut off, hiding part of the anatomy.
+    if rng.random() < 0.3:
+        edge = rng.uniform(0.35, 0.75)
+        coord = (xx0, -xx0, yy0, -yy0)[int(rng.integers(4))]
+        img = np.where(coord > edge, rng.uniform(0.0, 0.05), img)
+    return _finish(rng, img, size, blur=(0.6, 1.6), noise=(0.02, 0.06))
+
+
+def render_lungs(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Chest radiograph and its lung mask (uint8 0/255); the mask is exactly the drawn lobes."""
+    xx, yy = _grid(size)
+    px = 2.0 / size
+    sx = rng.uniform(0.9, 1.1)  # patient width
+    ox, oy = rng.uniform(-0.06, 0.06, 2)
+
+    # Lobes: polar outlines around each lobe centre, wobbly, flattened towards the mediastinum;
+    # the left lung (image right) loses a heart-shaped bite.
+    lobes = np.zeros_like(xx)
+    for side in (-1.0, 1.0):
+        lx, ly = ox + side * sx * rng.uniform(0.3, 0.38), oy + rng.uniform(-0.08, 0.02)
+        rx, ry = sx * rng.uniform(0.19, 0.26), rng.uniform(0.48, 0.6)
+        dx, dy = (xx - lx) / rx, (yy - ly) / ry
+        theta = np.arctan2(dy, dx)
+        shape = 1.0 + sum(
+            rng.uniform(-0.06, 0.06) * np.cos(k * theta + rng.uniform(0, 2 * np.pi))
+            for k in (2, 3, 4)
+        )
+        # Medial flattening: the side facing the spine is straighter.
+        shape -= 0.12 * np.clip(-side * np.cos(theta), 0, None) ** 2
+        field = shape - np.hypot(dx, dy)
+        if side > 0:  # heart bite from the lower medial corner
+            hx, hy = ox + rng.uniform(0.02, 0.1), oy + rng.uniform(0.2, 0.35)
+            hr = rng.uniform(0.2, 0.28)
+            field = np.minimum(field, (np.hypot(xx - hx, yy - hy) - hr) / rx)
+        lobes = np.maximum(lobes, field)
+    mask = lobes > 0.0
+    edge = _sigmoid(lobes * rng.uniform(0.2, 0.26) / px)  # soft-edged lobes for the image
+
+    body = _ellipse(xx, yy, ox, oy + 0.1, sx * rng.uniform(0.78, 0.9), 1.05, 0, 0.06)
+    img = rng.uniform(0.02, 0.1) + rng.uniform(0.55, 0.7) * body
+    img += rng.uniform(0.1, 0.2) * _bar(xx, yy, (ox, -1.0), (ox, 1.0), 0.08, 0.03)  # spine
+    img -= rng.uniform(0.25, 0.4) * edge * (1.0 + 0.1 * _smooth_noise(rng, size, 8))
+    # Ribs: bright curved bands across both lung fields, and clavicles on top.
+    for y in np.linspace(-0.5, 0.5, int(rng.integers(6, 9))) + rng.uniform(-0.05, 0.05):
+        for side in (-1.0, 1.0):
+            pts = _bezier(np.array([ox, oy + y - 0.1]), np.array([ox + side * 0.5, oy + y - 0.2]),
+                          np.array([ox + side * 0.8, oy + y + 0.12]), 7)
+            d = _polyline_distance(xx, yy, pts)
+            img += rng.uniform(0.06, 0.12) * _sigmoid((0.022 - d) / 0.01) * body
+    for side in (-1.0, 1.0):
+        p0 = (ox + side * 0.08, oy - 0.62)
+        p1 = (ox + side * 0.55, oy - 0.72)
+        img += 0.15 * _bar(xx, yy, p0, p1, 0.025, 0.01)
+    img = _finish(rng, img, size, blur=(0.6, 1.4), noise=(0.015, 0.04))
+    return img, (mask.astype(np.uint8) * 255)
+
+
+# --------------------------------------------------------------------------------- writers
+
+
+def _save(path: Path, pixels: np.ndarray) -> None:
+    # No metadata (no timestamps), so equal pixels give equal bytes.
+    Image.fromarray(pixels).save(path, format="PNG")
+
+
+def _check(n: int, what: str, minimum: int) -> int:
+    n = operator.index(n)
+    if n < minimum:
+        raise ValueError(f"{what} must be at least {minimum}, got {n}")
+    return n
+
+
+def _classes_of(n: int, n_classes: int) -> list[int]:
+    # Round-robin: every class gets n // n_classes images, the first n % n_classes one more.
+    return [i % n_classes for i in range(n)]
+
+
+def _write_class_folders(
+    name: str, out: Path, splits: dict[str, int], classes: tuple[str, ...], size: int, seed: int,
+    render: Callable[[np.random.Generator, int, int], np.ndarray],
+) -> None:
+    for split_id, (split, n) in enumerate(splits.items()):
+        for cls in classes:
+            (out / split / cls).mkdir(parents=True, exist_ok=True)
+        for i, label in enumerate(_classes_of(n, len(classes))):
+            pixels = render(_rng(name, seed, split_id, i), label, size)
+            _save(out / split / classes[label] / f"{classes[label]}_{i:05d}.png", pixels)
+
+
+def write_skin(
+    root: Path, *, n_train: int = 1000, n_val: int = 200, size: int = 128, seed: int = 0
+) -> Path:
+    """Write the synthetic skin-lesion set (Mel / Nevi); returns ``root/Lab2/Skin``."""
+    out = Path(root).joinpath(*SUBDIRS["skin"])
+    splits = {"train": _check(n_train, "n_train", 2), "validation": _check(n_val, "n_val", 2)}
+    _write_class_folders("skin", out, splits, SKIN_CLASSES, _check(size, "size", 16),
+                         _check(seed, "seed", 0), render_skin)
+    return out
+
+
+def write_bone(
+    root: Path, *, n_train: int = 1000, n_val: int = 200, size: int = 128, seed: int = 0
+) -> Path:
+    """Write the synthetic femur-fracture set (AFF / NFF); returns ``root/Lab2/Bone``."""
+    out = Path(root).joinpath(*SUBDIRS["bone"])
+    splits = {"train": _check(n_train, "n_train", 2), "validation": _check(n_val, "n_val", 2)}
+    _write_class_folders("bone", out, splits, BONE_CLASSES, _check(size, "size", 16),
+                         _check(seed, "seed", 0), render_bone)
+    return out
+
+
+def write_xray9(
+    root: Path, *, n_train: int = 1800, n_test: int = 450, size: int = 128, seed: int = 0
+) -> Path:
+    """Write the synthetic nine-organ X-ray set; returns ``root/Lab1/X_ray``.
+
+    Files are ``{train,test}/C{k}_{i}.png``; ``i`` runs on across both splits, so every file
+    name is unique, as in the course data.
+    """
+    out = Path(root).joinpath(*SUBDIRS["xray9"])
+    splits = {"train": _check(n_train, "n_train", 9), "test": _check(n_test, "n_test", 9)}
+    size, seed = _check(size, "size", 16), _check(seed, "seed", 0)
+    number = 0
+    for split_id, (split, n) in enumerate(splits.items()):
+        (out / split).mkdir(parents=True, exist_ok=True)
+        for i, label in enumerate(_classes_of(n, 9)):
+            pixels = render_xray9(_rng("xray9", seed, split_id, i), label, size)
+            _save(out / split / f"{XRAY9_CLASSES[label]}_{number}.png", pixels)
+            number += 1
+    return out
+
+
+def write_lungs(root: Path, *, n_pairs: int = 234, size: int = 128, seed: int = 0) -> Path:
+    """Write synthetic chest X-rays with lung masks; returns ``root/Lab3/X_ray``.
+
+    ``Image/Im{i}.png`` and ``Mask/Im{i}.png`` (i = 1..n_pairs) share their file name.
+    """
+    out = Path(root).joinpath(*SUBDIRS["lungs"])
+    n_pairs, size = _check(n_pairs, "n_pairs", 1), _check(size, "size", 16)
+    seed = _check(seed, "seed", 0)
+    (out / "Image").mkdir(parents=True, exist_ok=True)
+    (out / "Mask").mkdir(parents=True, exist_ok=True)
+    for i in range(1, n_pairs + 1):
+        image, mask = render_lungs(_rng("lungs", seed, 0, i), size)
+        _save(out / "Image" / f"Im{i}.png", image)
+        _save(out / "Mask" / f"Im{i}.png", mask)
+    return out
+
+
+GENERATORS: dict[str, Callable[..., Path]] = {
+    "skin": write_skin,
+    "bone": write_bone,
+    "xray9": write_xray9,
+    "lungs": write_lungs,
+}
+
+
+# ---------------------------------------------------------------------------------- ensure
+
+
+def settings(name: str, **kwargs: int) -> dict[str, int]:
+    """All settings of generator `name` with defaults filled in (unknown names raise)."""
+    if name not in GENERATORS:
+        raise ValueError(f"unknown synthetic set {name!r}; known: {', '.join(GENERATORS)}")
+    signature = inspect.signature(GENERATORS[name])
+    bound = signature.bind(Path("."), **kwargs)  # TypeError on a setting the set doesn't have
+    bound.apply_defaults()
+    return {k: operator.index(v) for k, v in bound.arguments.items() if k != "root"}
+
+
+def set_folder(name: str, **kwargs: int) -> str:
+    """Folder name below `root` that spells out every setting, so sets never get mixed up.
+
+    e.g. ``skin-n_train1000-n_val200-size128-seed0-v1``.
+    """
+    parts = [f"{k}{v}" for k, v in settings(name, **kwargs).items()]
+    return "-".join([name, *parts, f"v{VERSION}"])
+
+
+def _count_files(folder: Path) -> int:
+    return sum(1 for p in folder.rglob("*.png") if p.is_file())
+
+
+def _is_complete(dest: Path, name: str, params: dict[str, int]) -> bool:
+    try:
+        marker = json.loads((dest / MARKER).read_text())
+    except (OSError, ValueError):
+        return False
+    return (
+        isinstance(marker, dict)
+        and marker.get("name") == name
+        and marker.get("params") == params
+        and marker.get("version") == VERSION
+        and marker.get("n_files") == _count_files(dest)
+    )
+
+
+def _pid_alive(pid: int) -> bool:
+    if os.name != "posix":  # os.kill(pid, 0) would terminate the process on Windows
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _remove_stale_temps(root: Path, folder: str) -> None:
+    """Delete temp folders of `folder` left by dead writers on this host (crash left-overs)."""
+    host = socket.gethostname()
+    for temp in root.glob(f".{folder}.tmp-*"):
+        owner = temp.name[len(f".{folder}.tmp-") :].rsplit("-", 2)
+        if len(owner) == 3 and owner[0] == host and owner[1].isdigit():
+            if not _pid_alive(int(owner[1])):
+                shutil.rmtree(temp, ignore_errors=True)
+
+
+def ensure(name: str, root: Path, **kwargs: int) -> Path:
+    """Make sure synthetic set `name` with these settings exists under `root`; return its folder.
+
+    The set lives in ``root/<set_folder(name, **kwargs)>/<course layout>``, e.g.
+    ``root/skin-n_train1000-n_val200-size128-seed0-v1/Lab2/Skin``, so other settings never reuse
+    it. It is written into a hidden temporary sibling and renamed into place only when whole,
+    with a marker file ``.medtune-synthetic.json`` (name, settings, version, file count) in the
+    returned folder; a set counts as present only with a matching marker and file count. So an
+    interrupted write never looks complete, and calling again with the same settings is a no-op.
+    """
+    params = settings(name, **kwargs)
+    root = Path(root)
+    folder = set_folder(name, **params)
+    final = root / folder
+    dest = final.joinpath(*SUBDIRS[name])
+    if _is_complete(dest, name, params):
+        return dest
+
+    root.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temps(root, folder)
+    temp = root / f".{folder}.tmp-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    try:
+        out = GENERATORS[name](temp, **params)
+        n_files = _count_files(out)
+        marker = {"name": name, "params": params, "version": VERSION, "n_files": n_files}
+        (out / MARKER).write_text(json.dumps(marker, indent=1, sort_keys=True) + "\n")
+        try:
+            os.rename(temp, final)
+        except OSError:
+            # Someone else finished first (fine), or a broken set sits there (replace it).
+            if _is_complete(dest, name, params):
+                return dest
+            trash = root / f".{folder}.old-{uuid.uuid4().hex[:8]}"
+            os.rename(final, trash)
+            os.rename(temp, final)
+            shutil.rmtree(trash, ignore_errors=True)
+    finally:
+        if temp.exists():
+            shutil.rmtree(temp, ignore_errors=True)
+    return dest

@@ -1,0 +1,78 @@
+"""Layer blocks shared by the lab architectures, with the lab's regularization switches.
+
+Where each switch sits follows the lab sheets: batch norm right after a convolution (before the
+activation), spatial dropout after the activation (before pooling), dropout after the first two
+dense layers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import keras
+from keras import layers
+
+
+def conv_block(
+    x,
+    filters: int,
+    *,
+    n_convs: int = 1,
+    pool: bool = True,
+    batch_norm: bool = False,
+    spatial_dropout: float = 0.0,
+    last_name: str | None = None,
+):
+    """`n_convs` x (Conv3x3 -> [BN] -> ReLU), then [SpatialDropout2D], then [MaxPool 2x2]."""
+    for i in range(n_convs):
+        name = last_name if i == n_convs - 1 else None
+        # A bias before batch norm is redundant: BN's beta plays its part.
+        x = layers.Conv2D(filters, 3, padding="same", use_bias=not batch_norm, name=name)(x)
+        if batch_norm:
+            x = layers.BatchNormalization()(x)
+        x = layers.Activation("relu")(x)
+    if spatial_dropout > 0:
+        x = layers.SpatialDropout2D(spatial_dropout)(x)
+    if pool:
+        x = layers.MaxPooling2D(2)(x)
+    return x
+
+
+def dense_stack(x, widths: Sequence[int], *, dropout: float = 0.0, batch_norm: bool = False):
+    """Dense(w) -> [BN] -> ReLU for each width; dropout after the first two, as in the labs."""
+    for i, width in enumerate(widths):
+        x = layers.Dense(width, use_bias=not batch_norm)(x)
+        if batch_norm:
+            x = layers.BatchNormalization()(x)
+        x = layers.Activation("relu")(x)
+        if dropout > 0 and i < 2:
+            x = layers.Dropout(dropout)(x)
+    return x
+
+
+def output_layer(x, config: Mapping):
+    """The head the loss needs: sigmoid for BCE, linear for hinge, softmax for several classes."""
+    n_classes = int(config.get("n_classes", 2))
+    if config.get("loss", "bce") == "categorical" or n_classes > 2:
+        return layers.Dense(n_classes, activation="softmax", name="output")(x)
+    # Hinge wants a margin that can reach -1, which a sigmoid never does.
+    activation = "linear" if config.get("loss") == "hinge" else "sigmoid"
+    return layers.Dense(1, activation=activation, name="output")(x)
+
+
+def parse_widths(value: int | str | Sequence[int]) -> list[int]:
+    """Dense widths from a list, an int, or an Optuna-friendly string such as "128-64"."""
+    if isinstance(value, str):
+        try:
+            return [int(v) for v in value.split("-")]
+        except ValueError:
+            raise ValueError(
+                f"dense_units {value!r} is not a list of widths; write e.g. \"128-64\""
+            ) from None
+    if isinstance(value, int):
+        return [value]
+    return [int(v) for v in value]
+
+
+def model_input(config: Mapping) -> keras.KerasTensor:
+    return keras.Input(shape=tuple(config["input_shape"]), name="image")

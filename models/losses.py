@@ -1,0 +1,52 @@
+"""Losses, metrics and target encodings, chosen by name so they can be searched.
+
+Hinge is done right (the labs did not): targets are relabeled 0 -> -1, the model's output is
+linear (see `models.blocks.output_layer`), and accuracy compares signs. So a hinge trial and a
+BCE trial report the same kind of `accuracy` and can share one objective.
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+from keras import ops
+
+BINARY_LOSSES = ("bce", "hinge")
+
+
+def sign_accuracy(y_true, y_pred):
+    """Fraction of samples whose predicted margin has the sign of its -1/+1 target."""
+    return ops.cast(ops.equal(y_true > 0, y_pred > 0), "float32")
+
+
+def loss_and_metrics(loss: str, n_classes: int = 2) -> tuple[keras.losses.Loss, list]:
+    """The Keras loss and the `accuracy` metric that scores it correctly."""
+    if n_classes > 2 or loss == "categorical":
+        return keras.losses.CategoricalCrossentropy(), [
+            keras.metrics.CategoricalAccuracy(name="accuracy")
+        ]
+    if loss == "bce":
+        return keras.losses.BinaryCrossentropy(), [keras.metrics.BinaryAccuracy(name="accuracy")]
+    if loss == "hinge":
+        return keras.losses.Hinge(), [
+            keras.metrics.MeanMetricWrapper(sign_accuracy, name="accuracy")
+        ]
+    raise ValueError(f"unknown loss {loss!r}; choose one of: bce, hinge, categorical")
+
+
+def encode_targets(labels: np.ndarray, loss: str, n_classes: int = 2) -> np.ndarray:
+    """Integer class labels -> what the loss expects (0/1, -1/+1 or one-hot)."""
+    labels = np.asarray(labels).astype("int64").reshape(-1)
+    if n_classes > 2 or loss == "categorical":
+        return np.eye(n_classes, dtype="float32")[labels]
+    targets = labels.astype("float32")[:, None]
+    return 2 * targets - 1 if loss == "hinge" else targets
+
+
+def predicted_classes(outputs: np.ndarray, loss: str) -> np.ndarray:
+    """Integer classes from model outputs: argmax, sign of the margin, or p > 0.5."""
+    outputs = np.asarray(outputs)
+    if outputs.ndim == 2 and outputs.shape[1] > 1:
+        return outputs.argmax(axis=1)
+    threshold = 0.0 if loss == "hinge" else 0.5
+    return (outputs.reshape(-1) > threshold).astype("int64")

@@ -1,0 +1,146 @@
+"""Study files: one declarative TOML per lab task in `studies/`, over `studies/_defaults.toml`."""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+DEFAULTS = "_defaults.toml"
+
+
+@dataclass(frozen=True)
+class StudySpec:
+    """A lab task as a search problem: model, data, fixed settings, search space, baselines."""
+
+    name: str
+    description: str
+    model: str
+    data: str
+    objective: str
+    fixed: dict[str, Any]
+    space: dict[str, optuna.distributions.BaseDistribution]
+    baselines: list[dict[str, Any]]  # each: params for every space dimension, plus "note"
+    budget: dict[str, dict[str, Any]]
+    sampler: dict[str, Any]
+    pruner: dict[str, Any]
+    training: dict[str, Any]
+    augmentation: dict[str, Any]
+    source: str  # the study file's text, as it was loaded
+
+
+def studies_dir() -> Path:
+    return Path(str(resources.files("studies")))
+
+
+def task_names() -> list[str]:
+    return sorted(p.stem for p in studies_dir().glob("*.toml") if not p.name.startswith("_"))
+
+
+def load_spec(task: str) -> StudySpec:
+    """The spec of a task by name (a file in `studies/`) or by path to a study file."""
+    path = Path(task)
+    if path.suffix != ".toml":
+        path = studies_dir() / f"{task}.toml"
+        if not path.is_file():
+            raise ValueError(f"unknown task {task!r}; known tasks: {', '.join(task_names())}")
+    elif not path.is_file():
+        raise ValueError(f"study file {path} does not exist")
+    text = path.read_text()
+    raw = _merge(tomllib.loads((studies_dir() / DEFAULTS).read_text()), tomllib.loads(text))
+    try:
+        return _build(path.stem, raw, text)
+    except (KeyError, TypeError, ValueError) as error:
+        raise ValueError(f"study file {path}: {error}") from error
+
+
+def _merge(base: dict, override: dict) -> dict:
+    """Tables merge key by key; a table naming its own `type` (e.g. a pruner) replaces the base."""
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict) and "type" not in value:
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _build(name: str, raw: dict, text: str) -> StudySpec:
+    space = {param: distribution(param, entry) for param, entry in raw["space"].items()}
+    defaults = {k: v for k, v in raw.get("baseline_defaults", {}).items() if k in space}
+    baselines = []
+    for entry in raw.get("baselines", []):
+        params = {**defaults, **{k: v for k, v in entry.items() if k != "note"}}
+        unknown = sorted(set(params) - set(space))
+        missing = sorted(set(space) - set(params))
+        if unknown or missing:
+            raise ValueError(
+                f"baseline {entry.get('note', entry)!r}: "
+                + (f"not in the search space: {', '.join(unknown)}. " if unknown else "")
+                + (f"no value (add it or a baseline_defaults entry): {', '.join(missing)}"
+                   if missing else "")
+            )
+        for param, value in params.items():
+            if not contains(space[param], value):
+                raise ValueError(f"baseline {entry.get('note')!r}: {param}={value!r} is outside "
+                                 f"the search space {space[param]}")
+        baselines.append({**params, "note": entry.get("note", "")})
+    return StudySpec(
+        name=name,
+        description=raw.get("description", ""),
+        model=raw["model"],
+        data=raw["data"],
+        objective=raw["objective"],
+        fixed=raw.get("fixed", {}),
+        space=space,
+        baselines=baselines,
+        budget=raw["budget"],
+        sampler=raw["sampler"],
+        pruner=raw["pruner"],
+        training=raw["training"],
+        augmentation=raw["augmentation"],
+        source=text,
+    )
+
+
+def distribution(param: str, entry: dict) -> optuna.distributions.BaseDistribution:
+    """`{choices = [...]}` is categorical; `{low, high[, log, step]}` is int or float by type."""
+    if "choices" in entry:
+        return optuna.distributions.CategoricalDistribution(entry["choices"])
+    low, high = entry["low"], entry["high"]
+    if low >= high:
+        raise ValueError(f"space.{param}: low ({low}) must be below high ({high})")
+    if isinstance(low, int) and isinstance(high, int):
+        return optuna.distributions.IntDistribution(
+            low, high, log=entry.get("log", False), step=entry.get("step", 1)
+        )
+    return optuna.distributions.FloatDistribution(
+        float(low), float(high), log=entry.get("log", False), step=entry.get("step")
+    )
+
+
+def contains(dist: optuna.distributions.BaseDistribution, value: Any) -> bool:
+    if isinstance(dist, optuna.distributions.CategoricalDistribution):
+        return value in dist.choices
+    return isinstance(value, int | float) and dist.low <= value <= dist.high
+
+
+def suggest(trial: optuna.Trial, space: dict[str, optuna.distributions.BaseDistribution]) -> dict:
+    """One value per search dimension, through Optuna's public suggest API."""
+    params = {}
+    for name, dist in space.items():
+        if isinstance(dist, optuna.distributions.CategoricalDistribution):
+            params[name] = trial.suggest_categorical(name, dist.choices)
+        elif isinstance(dist, optuna.distributions.IntDistribution):
+            params[name] = trial.suggest_int(
+                name, dist.low, dist.high, step=dist.step, log=dist.log
+            )
+        else:
+            params[name] = trial.suggest_float(
+                name, dist.low, dist.high, step=dist.step, log=dist.log
+            )
+    return params

@@ -1,0 +1,177 @@
+"""Loaders on tiny folders of each course layout, MedMNIST files, the cache, and bad input."""
+
+import numpy as np
+import pytest
+from conftest import SHARED_MEDMNIST, write_png
+
+from datasets import loader
+from datasets.catalog import CATALOG
+from datasets.errors import DataError
+
+
+def lab2_folder(root, classes=("Mel", "Nevi"), per_class=(3, 2),
+                split_names=("train", "validation")):
+    for split in split_names:
+        for label, name in enumerate(classes):
+            for i in range(per_class[label]):
+                write_png(root / split / name / f"{name}_{i}.png", seed=label * 100 + i)
+    return root
+
+
+def test_lab2_layout_labels_from_subfolders(tmp_path):
+    root = lab2_folder(tmp_path / "Lab2" / "Skin")
+    data = loader.load("skin", tmp_path, image_size=16)  # the course root: finds Lab2/Skin
+    assert data.layout == "lab2"
+    assert data.source == str(root.resolve())
+    assert data.x_train.shape == (5, 16, 16) and data.x_train.dtype == np.uint8
+    assert data.y_train.tolist() == [0, 0, 0, 1, 1]
+    assert data.class_names == ["Mel", "Nevi"]
+    assert data.x_val.shape == (5, 16, 16)
+
+
+def test_lab1_flat_layout_labels_from_file_names(tmp_path):
+    root = tmp_path / "Lab1" / "Bone"
+    for split in ("train", "test"):
+        write_png(root / split / "AFF_001.png", 1)
+        write_png(root / split / "img_NFF_002.jpg", 2, mode="RGB")
+        write_png(root / split / "AFF_003.png", 3)
+        (root / split / "notes.txt").write_text("not an image: ignored")
+    data = loader.load("bone", tmp_path, image_size=8)
+    assert data.layout == "lab1"
+    assert data.y_train.tolist() == [0, 0, 1]  # sorted names: AFF_001, AFF_003, img_NFF_002
+    assert data.x_val.shape == (3, 8, 8)
+
+
+def test_lab1_nine_organ_prefixes(tmp_path):
+    root = tmp_path / "X_ray"
+    for split in ("train", "test"):
+        for k in (1, 4, 9):
+            write_png(root / split / f"C{k}_{k * 7}.png", k)
+    data = loader.load("xray9", root, image_size=8)  # the data set's own folder works too
+    assert data.y_train.tolist() == [0, 3, 8]
+    assert data.n_classes == 9
+
+
+def test_older_nested_layout_is_found(tmp_path):
+    lab2_folder(tmp_path / "Lab1" / "Lab2" / "Skin")
+    assert loader.load("skin", tmp_path, image_size=8).layout == "lab2"
+
+
+def test_images_are_gray_resized_and_scaled_once(tmp_path):
+    root = tmp_path / "Skin"
+    for split in ("train", "validation"):
+        write_png(root / split / "Mel" / "a.png", 5, size=64, mode="RGB")
+        write_png(root / split / "Nevi" / "b.png", 6, size=20)
+    data = loader.load("skin", root, image_size=32)
+    assert data.x_train.shape == (2, 32, 32)
+    assert not data.from_cache
+    again = loader.load("skin", root, image_size=32)
+    assert again.from_cache
+    np.testing.assert_array_equal(again.x_train, data.x_train)
+    other_size = loader.load("skin", root, image_size=16)
+    assert not other_size.from_cache and other_size.x_train.shape == (2, 16, 16)
+
+
+def test_cache_notices_changed_files(tmp_path):
+    root = lab2_folder(tmp_path / "Skin")
+    loader.load("skin", root, image_size=8)
+    write_png(root / "train" / "Mel" / "new.png", 99)
+    data = loader.load("skin", root, image_size=8)
+    assert not data.from_cache and len(data.y_train) == 6
+
+
+def tiny_npz(path, n_classes=2, channels=False):
+    rng = np.random.default_rng(0)
+    arrays = {}
+    for split, n in (("train", 6), ("val", 4), ("test", 4)):
+        shape = (n, 28, 28, 3) if channels else (n, 28, 28)
+        arrays[f"{split}_images"] = rng.integers(0, 256, shape, dtype="uint8")
+        arrays[f"{split}_labels"] = (np.arange(n) % n_classes).reshape(n, 1)
+    np.savez(path, **arrays)
+    return path
+
+
+@pytest.mark.parametrize("channels", [False, True])
+def test_medmnist_npz(tmp_path, channels):
+    data = loader.load("skin", tiny_npz(tmp_path / "derma.npz", channels=channels), image_size=32)
+    assert data.layout == "medmnist"
+    assert data.x_train.shape == (6, 32, 32) and data.x_val.shape == (4, 32, 32)
+    assert data.y_train.tolist() == [0, 1, 0, 1, 0, 1]
+    assert data.extra["x_test"].shape == (4, 32, 32)
+
+
+def test_medmnist_with_more_classes_than_the_task(tmp_path):
+    with pytest.raises(DataError, match=r"has 6 classes but the task's data set 'skin' has 2"):
+        loader.load("skin", tiny_npz(tmp_path / "derma7.npz", n_classes=7), image_size=8)
+
+
+def test_npz_missing_keys(tmp_path):
+    np.savez(tmp_path / "x.npz", images=np.zeros((2, 4, 4)))
+    with pytest.raises(DataError, match="not a MedMNIST file: missing train_images"):
+        loader.load("skin", tmp_path / "x.npz", image_size=8)
+
+
+@pytest.mark.parametrize("name", ["pneumoniamnist", "breastmnist"])
+def test_real_medmnist_subsets(name):
+    path = SHARED_MEDMNIST / f"{name}.npz"
+    if not path.exists():
+        pytest.skip(f"{path} is not here (shared data is optional)")
+    data = loader.load("skin", path, image_size=28)
+    expected = {"pneumoniamnist": (2428, 270, 468), "breastmnist": (546, 78, 156)}[name]
+    assert (len(data.y_train), len(data.y_val), len(data.extra["y_test"])) == expected
+    assert set(np.unique(data.y_train)) == {0, 1}
+    assert data.x_train.shape[1:] == (28, 28) and data.x_train.std() > 10
+
+
+# --- bad input: each error names the problem and the fix --------------------------------
+
+
+def test_missing_folder(tmp_path):
+    with pytest.raises(DataError, match="does not exist; pass the course data folder"):
+        loader.load("skin", tmp_path / "nope", image_size=8)
+
+
+def test_folder_without_the_data_set(tmp_path):
+    (tmp_path / "Lab2" / "Bone" / "train").mkdir(parents=True)
+    with pytest.raises(DataError, match="no Skin data found .* Lab2/Skin/train/<class>/"):
+        loader.load("skin", tmp_path, image_size=8)
+
+
+def test_empty_train_folder(tmp_path):
+    (tmp_path / "Skin" / "train").mkdir(parents=True)
+    with pytest.raises(DataError, match="train is empty"):
+        loader.load("skin", tmp_path, image_size=8)
+
+
+def test_no_recognizable_class_folder(tmp_path):
+    lab2_folder(tmp_path / "Skin", classes=("benign", "malignant"))
+    with pytest.raises(DataError, match="no folder for class Mel, Nevi .found: benign, malignant"):
+        loader.load("skin", tmp_path, image_size=8)
+
+
+def test_missing_validation_split(tmp_path):
+    lab2_folder(tmp_path / "Skin", split_names=("train",))
+    with pytest.raises(DataError, match="no validation split"):
+        loader.load("skin", tmp_path, image_size=8)
+
+
+def test_unreadable_image_is_named(tmp_path):
+    root = lab2_folder(tmp_path / "Skin")
+    bad = root / "train" / "Nevi" / "broken.png"
+    bad.write_bytes(b"this is not a png")
+    with pytest.raises(DataError, match=f"cannot read image {bad}"):
+        loader.load("skin", root, image_size=8)
+
+
+def test_flat_file_without_class_token(tmp_path):
+    root = tmp_path / "Lab1" / "Skin"
+    for split in ("train", "test"):
+        write_png(root / split / "Mel_1.png", 1)
+        write_png(root / split / "lesion_2.png", 2)
+    with pytest.raises(DataError, match="cannot tell the class of .*lesion_2.png"):
+        loader.load("skin", tmp_path, image_size=8)
+
+
+def test_unknown_data_set():
+    with pytest.raises(ValueError, match="unknown data set 'brain'; known: " + ", ".join(CATALOG)):
+        loader.load("brain", None, image_size=8)

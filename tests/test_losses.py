@@ -1,0 +1,60 @@
+"""Hinge done right: -1/+1 targets, linear margins, accuracy on the sign."""
+
+import keras
+import numpy as np
+import pytest
+
+from models.losses import encode_targets, loss_and_metrics, predicted_classes, sign_accuracy
+
+
+def metric_value(metric, y_true, y_pred):
+    metric.update_state(np.asarray(y_true, "float32"), np.asarray(y_pred, "float32"))
+    return float(metric.result())
+
+
+def test_sign_accuracy_on_hand_made_margins():
+    y_true = [[-1], [-1], [1], [1], [1]]
+    y_pred = [[-0.3], [0.2], [2.0], [0.01], [-5.0]]  # right, wrong, right, right, wrong
+    assert np.asarray(sign_accuracy(np.array(y_true), np.array(y_pred))).ravel().tolist() == [
+        1, 0, 1, 1, 0]
+    _, (metric,) = loss_and_metrics("hinge")
+    assert metric.name == "accuracy"
+    assert metric_value(metric, y_true, y_pred) == pytest.approx(3 / 5)
+
+
+def test_what_the_labs_did_wrong_is_not_what_we_do():
+    # The lab kept Keras' binary accuracy with -1 targets: a correct -1 never counts.
+    y_true, y_pred = [[-1], [-1], [1], [1]], [[-0.9], [-0.8], [0.7], [0.6]]
+    assert metric_value(keras.metrics.BinaryAccuracy(), y_true, y_pred) == pytest.approx(0.5)
+    _, (metric,) = loss_and_metrics("hinge")
+    assert metric_value(metric, y_true, y_pred) == pytest.approx(1.0)
+
+
+def test_bce_accuracy_threshold():
+    _, (metric,) = loss_and_metrics("bce")
+    assert metric_value(metric, [[0], [1], [1]], [[0.4], [0.6], [0.2]]) == pytest.approx(2 / 3)
+
+
+def test_targets_per_loss():
+    labels = np.array([0, 1, 1, 0])
+    assert encode_targets(labels, "bce").ravel().tolist() == [0, 1, 1, 0]
+    assert encode_targets(labels, "hinge").ravel().tolist() == [-1, 1, 1, -1]
+    one_hot = encode_targets(np.array([0, 2, 8]), "categorical", n_classes=9)
+    assert one_hot.shape == (3, 9) and one_hot.argmax(1).tolist() == [0, 2, 8]
+
+
+def test_hinge_and_bce_score_the_same_predictions_alike():
+    labels = np.array([0, 1, 1, 0, 1])
+    margins = np.array([[-2.0], [0.5], [-0.1], [-0.3], [3.0]])
+    probabilities = 1 / (1 + np.exp(-margins))  # the same decisions as probabilities
+    assert predicted_classes(margins, "hinge").tolist() == [0, 1, 0, 0, 1]
+    assert predicted_classes(probabilities, "bce").tolist() == [0, 1, 0, 0, 1]
+    _, (hinge_acc,) = loss_and_metrics("hinge")
+    _, (bce_acc,) = loss_and_metrics("bce")
+    assert metric_value(hinge_acc, encode_targets(labels, "hinge"), margins) == pytest.approx(
+        metric_value(bce_acc, encode_targets(labels, "bce"), probabilities))
+
+
+def test_unknown_loss():
+    with pytest.raises(ValueError, match="unknown loss 'mse'; choose one of: bce, hinge"):
+        loss_and_metrics("mse")

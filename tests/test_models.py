@@ -1,0 +1,87 @@
+"""Every builder with every switch; the layer layout the labs prescribe."""
+
+import itertools
+
+import keras
+import numpy as np
+import pytest
+
+from models import BUILDERS, build_model
+from models.blocks import parse_widths
+from models.vgg16 import LAST_CONV
+
+SWITCHES = list(itertools.product([False, True], [0.0, 0.1], [0.0, 0.4]))
+
+
+def config(**overrides):
+    return {"input_shape": (32, 32, 1), "base": 4, "n_classes": 2, "loss": "bce",
+            "dense_units": "16-8", **overrides}
+
+
+def count(model, layer_type):
+    return sum(isinstance(layer, layer_type) for layer in model.layers)
+
+
+@pytest.mark.parametrize("name", sorted(BUILDERS))
+@pytest.mark.parametrize("batch_norm,spatial_dropout,dropout", SWITCHES)
+def test_builds_with_each_switch(name, batch_norm, spatial_dropout, dropout):
+    model = build_model(name, config(batch_norm=batch_norm, spatial_dropout=spatial_dropout,
+                                     dropout=dropout))
+    out = model(np.zeros((2, 32, 32, 1), "float32"))
+    assert out.shape == (2, 1)
+    n_convs = count(model, keras.layers.Conv2D)
+    # BN follows every convolution; the MLP has none, so its switch acts on its 3 dense layers.
+    expected_bn = (3 if name == "mlp" else n_convs) if batch_norm else 0
+    assert count(model, keras.layers.BatchNormalization) == expected_bn
+    n_blocks = {"mlp": 0, "lenet": 2, "alexnet": 5, "vgg16": 5}[name]
+    assert count(model, keras.layers.SpatialDropout2D) == (n_blocks if spatial_dropout else 0)
+    assert count(model, keras.layers.Dropout) - count(model, keras.layers.SpatialDropout2D) == (
+        min(2, {"mlp": 3, "lenet": 1, "alexnet": 2, "vgg16": 2}[name]) if dropout else 0
+    )
+
+
+def test_conv_widths_follow_the_lab_tables():
+    widths = {
+        name: [layer.filters for layer in build_model(name, config(base=8)).layers
+               if isinstance(layer, keras.layers.Conv2D)]
+        for name in ("lenet", "alexnet", "vgg16")
+    }
+    assert widths["lenet"] == [8, 16]
+    assert widths["alexnet"] == [8, 16, 32, 32, 16]
+    assert widths["vgg16"] == [8, 8, 16, 16, 32, 32, 32, 64, 64, 64, 64, 64, 64]
+
+
+def test_vgg16_shape_and_last_conv_name():
+    model = build_model("vgg16", config(input_shape=(128, 128, 1), base=2))
+    last = model.get_layer(LAST_CONV)
+    assert last is [la for la in model.layers if isinstance(la, keras.layers.Conv2D)][-1]
+    flatten = next(la for la in model.layers if isinstance(la, keras.layers.Flatten))
+    assert tuple(flatten.output.shape[1:]) == (4 * 4 * 16,)  # 128 -> 4x4x8b
+
+
+def test_mlp_widths():
+    model = build_model("mlp", config(base=64))
+    dense = [la.units for la in model.layers if isinstance(la, keras.layers.Dense)]
+    assert dense == [64, 32, 16, 1]
+
+
+@pytest.mark.parametrize("loss,n_classes,units,activation", [
+    ("bce", 2, 1, "sigmoid"), ("hinge", 2, 1, "linear"), ("categorical", 9, 9, "softmax"),
+])
+def test_head_matches_the_loss(loss, n_classes, units, activation):
+    model = build_model("lenet", config(loss=loss, n_classes=n_classes))
+    head = model.get_layer("output")
+    assert head.units == units and head.activation.__name__ == activation
+
+
+def test_parse_widths():
+    assert parse_widths("128-64") == [128, 64]
+    assert parse_widths([64, 64]) == [64, 64]
+    assert parse_widths(32) == [32]
+    with pytest.raises(ValueError, match="write e.g"):
+        parse_widths("wide")
+
+
+def test_unknown_model():
+    with pytest.raises(ValueError, match="unknown model 'resnet'; known models: mlp"):
+        build_model("resnet", config())

@@ -1,0 +1,108 @@
+"""Study files: every task loads, its baselines are complete and inside its search space."""
+
+import optuna
+import pytest
+
+from search.pruners import make_pruner
+from search.spec import load_spec, task_names
+
+ISSUE_TASKS = {"mlp_skin", "lenet_skin", "alexnet_skin", "vgg_skin", "vgg_bone"}
+
+
+def test_the_lab_tasks_are_there():
+    assert set(task_names()) >= ISSUE_TASKS
+
+
+@pytest.mark.parametrize("task", task_names())
+def test_every_study_file_is_valid(task):
+    spec = load_spec(task)
+    assert spec.baselines, "a lab task enqueues its lab baselines"
+    assert {"learning_rate", "base", "batch_size", "optimizer", "loss"} <= set(spec.space)
+    assert spec.space["learning_rate"].log
+    for baseline in spec.baselines:
+        assert set(baseline) - {"note"} == set(spec.space)
+        assert baseline["note"]
+    assert spec.budget["lab"]["image_size"] == 128
+    assert isinstance(make_pruner(spec.pruner), optuna.pruners.BasePruner)
+
+
+def test_alexnet_baselines_include_hinge_and_the_optimizers():
+    spec = load_spec("alexnet_skin")
+    assert {b["optimizer"] for b in spec.baselines} == {"adam", "sgd", "rmsprop"}
+    assert any(b["loss"] == "hinge" for b in spec.baselines)
+
+
+def test_unknown_task_lists_the_known_ones():
+    with pytest.raises(ValueError, match="unknown task 'vgg_brain'; known tasks: alexnet_skin"):
+        load_spec("vgg_brain")
+
+
+def write_study(tmp_path, text, name="mine.toml"):
+    path = tmp_path / name
+    path.write_text('description = "test"\nmodel = "lenet"\ndata = "skin"\n' + text)
+    return str(path)
+
+
+def test_baseline_outside_the_space_is_refused(tmp_path):
+    path = write_study(tmp_path, """
+[space]
+learning_rate = { low = 1e-4, high = 1e-2, log = true }
+base = { choices = [8, 16] }
+batch_size = { choices = [8] }
+optimizer = { choices = ["adam"] }
+loss = { choices = ["bce"] }
+[[baselines]]
+note = "too slow"
+learning_rate = 1e-6
+base = 8
+""")
+    with pytest.raises(ValueError, match="learning_rate=1e-06 is outside the search space"):
+        load_spec(path)
+
+
+def test_baseline_with_a_typo_is_refused(tmp_path):
+    path = write_study(tmp_path, """
+[space]
+base = { choices = [8, 16] }
+[[baselines]]
+note = "typo"
+bsae = 8
+""")
+    with pytest.raises(ValueError, match="not in the search space: bsae"):
+        load_spec(path)
+
+
+def test_space_types_follow_the_toml_values(tmp_path):
+    spec = load_spec(write_study(tmp_path, """
+[space]
+units = { low = 1, high = 5 }
+rate = { low = 0.0, high = 0.5 }
+act = { choices = ["relu", "tanh"] }
+"""))
+    assert isinstance(spec.space["units"], optuna.distributions.IntDistribution)
+    assert isinstance(spec.space["rate"], optuna.distributions.FloatDistribution)
+    assert spec.space["act"].choices == ("relu", "tanh")
+
+
+def test_empty_range_is_refused(tmp_path):
+    path = write_study(tmp_path, """
+[space]
+empty = { low = 3, high = 3 }
+""")
+    with pytest.raises(ValueError, match="space.empty: low .3. must be below high"):
+        load_spec(path)
+
+
+def test_pruner_table_with_its_own_type_replaces_the_default(tmp_path):
+    path = write_study(tmp_path, """
+[space]
+base = { choices = [8] }
+[pruner]
+type = "threshold"
+lower = 0.9
+""")
+    spec = load_spec(path)
+    assert spec.pruner == {"type": "threshold", "lower": 0.9}
+    assert isinstance(make_pruner(spec.pruner), optuna.pruners.ThresholdPruner)
+    with pytest.raises(ValueError, match="unknown pruner 'magic'"):
+        make_pruner({"type": "magic"})

@@ -1,0 +1,210 @@
+"""Whole studies on tiny data, started the way users start them, against real MLflow and Optuna
+SQLite stores: parent and child runs, per-epoch history, artifacts, pruning, failures, resume."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+from mlflow.tracking import MlflowClient
+
+from search.cli import main
+from search.spec import load_spec
+
+REPO = Path(__file__).resolve().parents[1]
+TS = optuna.trial.TrialState
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # optuna.db, mlflow.db and mlruns/ land here
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return tmp_path
+
+
+def tune(workdir, *args: str) -> int:
+    return main([
+        "tune", "--tracking-uri", f"sqlite:///{workdir}/mlflow.db",
+        "--storage", f"sqlite:///{workdir}/optuna.db", "--image-size", "32", "--epochs", "2",
+        *args,
+    ])
+
+
+def runs(workdir, experiment="medtune"):
+    client = MlflowClient(f"sqlite:///{workdir}/mlflow.db")
+    experiment_id = client.get_experiment_by_name(experiment).experiment_id
+    all_runs = client.search_runs([experiment_id], order_by=["attributes.run_name"])
+    parents = [r for r in all_runs if "medtune.trial_number" not in r.data.tags]
+    children = [r for r in all_runs if "medtune.trial_number" in r.data.tags]
+    return client, parents, children
+
+
+def finished(workdir, name):
+    """The study's trials that ran (the lab baselines not reached yet wait in the queue)."""
+    loaded = optuna.load_study(study_name=name, storage=f"sqlite:///{workdir}/optuna.db")
+    return loaded.get_trials(states=(TS.COMPLETE, TS.PRUNED, TS.FAIL))
+
+
+def test_two_trial_study_logs_parent_children_epochs_and_plots(workdir, tiny_skin, capsys):
+    assert tune(workdir, "--task", "vgg_skin", "--n-trials", "2", "--data-dir", str(tiny_skin)) == 0
+
+    trials = finished(workdir, "vgg_skin")
+    assert [t.state for t in trials] == [TS.COMPLETE, TS.COMPLETE]
+    client, parents, children = runs(workdir)
+    (parent,) = parents
+    assert parent.info.run_name == "vgg_skin" and parent.info.status == "FINISHED"
+    assert parent.data.params["task"] == "vgg_skin" and parent.data.params["epochs"] == "2"
+    assert parent.data.metrics["n_complete"] == 2 and parent.data.metrics["n_pruned"] == 0
+    best = max(trials, key=lambda t: t.value)
+    assert parent.data.metrics["best_value"] == pytest.approx(best.value)
+    assert parent.data.tags["best_run_id"] == best.user_attrs["mlflow_run_id"]
+
+    assert [c.info.run_name for c in children] == ["vgg_skin-t0000", "vgg_skin-t0001"]
+    baselines = load_spec("vgg_skin").baselines
+    for child, trial, baseline in zip(children, trials, baselines[:2], strict=True):
+        assert child.info.status == "FINISHED"
+        assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert child.data.tags["medtune.baseline"] == baseline["note"]  # lab baselines go first
+        assert float(child.data.params["learning_rate"]) == baseline["learning_rate"]
+        assert child.data.params["base"] == str(baseline["base"])
+        for metric in ("loss", "accuracy", "val_loss", "val_accuracy"):
+            history = client.get_metric_history(child.info.run_id, metric)
+            assert [m.step for m in history] == [1, 2]
+        val_acc = [m.value for m in client.get_metric_history(child.info.run_id, "val_accuracy")]
+        assert child.data.metrics["objective"] == pytest.approx(max(val_acc))
+        assert trial.value == pytest.approx(max(val_acc))
+        plots = {a.path: a.file_size for a in client.list_artifacts(child.info.run_id, "plots")}
+        assert plots.keys() == {"plots/learning_curves.png", "plots/confusion_matrix.png"}
+        assert all(size > 1000 for size in plots.values())
+
+    out = capsys.readouterr().out
+    assert "vgg_skin-t0001 epoch 2/2" in out  # per-epoch progress lines
+    assert f"best trial: #{best.number}" in out and parent.info.run_id in out
+
+
+def test_rerun_continues_the_same_study_and_parent_run(workdir, tiny_skin):
+    args = ["--task", "lenet_skin", "--data-dir", str(tiny_skin)]
+    assert tune(workdir, *args, "--n-trials", "2") == 0
+    assert tune(workdir, *args, "--n-trials", "3") == 0  # n_trials is the study's total
+    assert tune(workdir, *args, "--n-trials", "3") == 0  # already there: nothing to do
+
+    assert [t.number for t in finished(workdir, "lenet_skin")] == [0, 1, 2]
+    _, parents, children = runs(workdir)
+    (parent,) = parents
+    assert parent.data.metrics["n_complete"] == 3
+    assert [c.info.run_name for c in children] == [f"lenet_skin-t000{i}" for i in range(3)]
+    assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parent.info.run_id}
+
+
+def test_rerun_with_other_settings_is_refused(workdir, tiny_skin, capsys):
+    args = ["--task", "lenet_skin", "--data-dir", str(tiny_skin), "--n-trials", "1"]
+    assert tune(workdir, *args) == 0
+    assert tune(workdir, *args, "--epochs", "3") == 2
+    assert "was made with epochs=2 (now 3)" in capsys.readouterr().err
+    assert len(finished(workdir, "lenet_skin")) == 1
+
+
+def custom_study(tmp_path, extra: str) -> str:
+    path = tmp_path / "custom.toml"
+    path.write_text('description = "test study"\nmodel = "lenet"\ndata = "skin"\n' + """
+[space]
+learning_rate = { low = 1e-4, high = 1e-2, log = true }
+base = { choices = [4, 8] }
+batch_size = { choices = [8] }
+optimizer = { choices = ["adam"] }
+loss = { choices = ["bce", "hinge"] }
+""" + extra)
+    return str(path)
+
+
+def test_pruned_trials_end_killed_with_their_epoch(workdir, tiny_skin):
+    # A threshold no accuracy reaches: the real Keras pruning callback stops every trial.
+    task = custom_study(workdir, '[pruner]\ntype = "threshold"\nlower = 1.1\n')
+    assert tune(workdir, "--task", task, "--n-trials", "2", "--data-dir", str(tiny_skin)) == 0
+
+    assert [t.state for t in finished(workdir, "custom")] == [TS.PRUNED, TS.PRUNED]
+    client, parents, children = runs(workdir)
+    assert parents[0].data.metrics["n_pruned"] == 2
+    for child in children:
+        assert child.info.status == "KILLED"
+        assert child.data.tags["medtune.state"] == "pruned"
+        assert child.data.tags["pruned_at_epoch"] == "1"
+        assert len(client.get_metric_history(child.info.run_id, "val_accuracy")) == 1
+        assert [a.path for a in client.list_artifacts(child.info.run_id, "plots")] == [
+            "plots/learning_curves.png"]
+
+
+def test_failing_trials_end_failed_with_the_error_and_the_study_goes_on(workdir, tiny_skin):
+    task = custom_study(workdir, '[fixed]\ndense_units = "wide"\n')  # AlexNet can't build
+    Path(task).write_text(Path(task).read_text().replace('"lenet"', '"alexnet"'))
+    assert tune(workdir, "--task", task, "--n-trials", "2", "--data-dir", str(tiny_skin)) == 0
+
+    trials = finished(workdir, "custom")
+    assert [t.state for t in trials] == [TS.FAIL, TS.FAIL]
+    assert "dense_units 'wide'" in trials[0].user_attrs["fail_reason"]
+    _, parents, children = runs(workdir)
+    assert parents[0].data.metrics["n_failed"] == 2 and parents[0].info.status == "FINISHED"
+    for child in children:
+        assert child.info.status == "FAILED"
+        assert child.data.tags["error"].startswith("ValueError: dense_units 'wide'")
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--task", "vgg_brain"], "unknown task 'vgg_brain'; known tasks: alexnet_skin"),
+    (["--task", "vgg_skin", "--epochs", "0"], "epochs must be at least 1, got 0"),
+    (["--task", "vgg_skin", "--image-size", "16"], "image_size 16 is too small for vgg16"),
+    (["--task", "vgg_skin", "--budget", "huge"], "unknown budget 'huge'; choose one of: quick"),
+    (["--task", "vgg_skin", "--data-dir", "/no/such/folder"], "/no/such/folder does not exist"),
+])
+def test_bad_input_is_a_clear_error(workdir, capsys, args, message):
+    assert main(["tune", *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("medtune: error: ") and message in err
+    assert "Traceback" not in err
+
+
+def test_mlflow_run_entry_point_nests_the_study_under_the_project_run(tmp_path, tiny_skin):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    # `--env-manager local` runs `python` from PATH: the venv's, as after `. .venv/bin/activate`.
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PATH": path}
+    env.pop("MLFLOW_RUN_ID", None)
+    command = [
+        sys.executable, "-m", "mlflow", "run", str(REPO), "-e", "tune", "--env-manager", "local",
+        "--experiment-name", "labs", "-P", "task=vgg_skin", "-P", "n_trials=1", "-P", "epochs=1",
+        "-P", "image_size=32", "-P", f"data_dir={tiny_skin}",
+        "-P", f"storage=sqlite:///{tmp_path}/optuna.db",
+    ]
+    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+    client = MlflowClient(uri)
+    experiment_id = client.get_experiment_by_name("labs").experiment_id
+    by_id = {r.info.run_id: r for r in client.search_runs([experiment_id])}
+    (trial_run,) = [r for r in by_id.values() if "medtune.trial_number" in r.data.tags]
+    study_run = by_id[trial_run.data.tags["mlflow.parentRunId"]]
+    project_run = by_id[study_run.data.tags["mlflow.parentRunId"]]
+    assert study_run.info.run_name == "vgg_skin"
+    assert project_run.data.tags["mlflow.project.entryPoint"] == "tune"
+    assert project_run.data.tags["medtune.study_run_id"] == study_run.info.run_id
+    assert {r.info.status for r in by_id.values()} == {"FINISHED"}
+
+
+def test_a_diverging_trial_fails_with_the_reason(workdir, tiny_skin):
+    task = custom_study(workdir, "")
+    text = Path(task).read_text().replace(
+        "learning_rate = { low = 1e-4, high = 1e-2, log = true }",
+        "learning_rate = { low = 1e12, high = 1e13, log = true }",
+    ).replace('choices = ["adam"]', 'choices = ["sgd"]')
+    Path(task).write_text(text)
+    assert tune(workdir, "--task", task, "--n-trials", "1", "--data-dir", str(tiny_skin)) == 0
+
+    (trial,) = finished(workdir, "custom")
+    assert trial.state == TS.FAIL
+    assert "training diverged" in trial.user_attrs["fail_reason"]
+    _, _, (child,) = runs(workdir)
+    assert child.info.status == "FAILED" and "became nan" in child.data.tags["error"]
