@@ -37,8 +37,24 @@ CATALOG: dict[str, DataSet] = {
 }
 
 
-def get(key: str) -> DataSet:
-    try:
+@dataclass(frozen=True)
+class MaskSet:
+    """Image/mask pairs for segmentation: `<folder>/{Image,Mask}/` under Lab3."""
+
+    key: str
+    folder: str
+    synthetic: str
+    val_fraction: float = 0.2  # the labs split at random 80/20 ...
+    split_seed: int = 0  # ... and every study here splits the same way, to stay comparable
+
+
+MASK_SETS: dict[str, MaskSet] = {"lungs": MaskSet("lungs", "X_ray", "lungs")}
+
+
+def get(key: str) -> DataSet | MaskSet:
+    if key in CATALOG:
         return CATALOG[key]
-    except KeyError:
-        raise ValueError(f"unknown data set {key!r}; known: {', '.join(CATALOG)}") from None
+    if key in MASK_SETS:
+        return MASK_SETS[key]
+    known = ", ".join([*CATALOG, *MASK_SETS])
+    raise ValueError(f"unknown data set {key!r}; known: {known}")

@@ -34,26 +34,38 @@ def resize(image: Image.Image, size: int) -> Image.Image:
     return image.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=3.0)
 
 
-def load_gray(path: Path, size: int) -> np.ndarray:
-    """One image file -> (size, size) uint8, or a DataError that names the file."""
+def load_gray(path: Path, size: int, binary: bool = False) -> np.ndarray:
+    """One image file -> (size, size) uint8, or a DataError that names the file.
+
+    With `binary`, any pixel > 0 counts as 255 before resizing (a mask's "object").
+    """
     try:
         with Image.open(path) as image:
             image.draft("L", (size, size))  # JPEG: decode at reduced scale, much faster
-            return np.asarray(resize(to_gray(image), size), dtype="uint8")
+            gray = to_gray(image)
+            if binary:
+                gray = gray.point(lambda v: 255 if v > 0 else 0)
+            return np.asarray(resize(gray, size), dtype="uint8")
     except (UnidentifiedImageError, OSError, ValueError) as error:
         raise DataError(
             f"cannot read image {path}: {error}. Replace or remove the file and run again."
         ) from error
 
 
-def load_many(paths: Sequence[Path], size: int) -> np.ndarray:
+def load_many(paths: Sequence[Path], size: int, binary: bool = False) -> np.ndarray:
     """Decode many files in threads (PIL releases the GIL while decoding)."""
     workers = min(8, (os.cpu_count() or 1) * 2)
     with ThreadPoolExecutor(workers) as pool:
-        arrays = list(pool.map(lambda p: load_gray(p, size), paths))
+        arrays = list(pool.map(lambda p: load_gray(p, size, binary), paths))
     return np.stack(arrays) if arrays else np.zeros((0, size, size), dtype="uint8")
 
 
 def resize_array(images: np.ndarray, size: int) -> np.ndarray:
     """Already-decoded images (N, H, W[, C]) -> (N, size, size) gray uint8, same resize as files."""
     return np.stack([np.asarray(resize(to_gray(Image.fromarray(im)), size)) for im in images])
+
+
+def load_masks(paths: Sequence[Path], size: int) -> np.ndarray:
+    """Mask files -> (N, size, size) uint8 of 0/1; mask > 0 is the object."""
+    gray = load_many(paths, size, binary=True)
+    return (gray >= 128).astype("uint8")

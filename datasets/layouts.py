@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from datasets.catalog import DataSet
+from datasets.catalog import DataSet, MaskSet
 from datasets.errors import DataError
 from datasets.images import is_image
 
@@ -155,3 +155,49 @@ def medmnist_splits(dataset: DataSet, path: Path) -> dict[str, tuple[np.ndarray,
             f"{dataset.n_classes}; pick a task with {n_found} classes or another file."
         )
     return splits
+
+
+def locate_pairs(mask_set: MaskSet, data_dir: Path) -> Path:
+    """The folder holding `Image/` and `Mask/` for `mask_set` under a user-given folder."""
+    if not data_dir.is_dir():
+        raise DataError(
+            f"data folder {data_dir} does not exist; pass the course data folder (the one "
+            f"holding Lab3/) or the {mask_set.folder}/ folder with Image/ and Mask/ in it."
+        )
+    folder = mask_set.folder
+    candidates = [data_dir, data_dir / folder, data_dir / "Lab3" / folder,
+                  data_dir / "Lab1" / "Lab3" / folder]
+    for candidate in candidates:
+        if (candidate / "Image").is_dir() or (candidate / "Mask").is_dir():
+            return candidate
+    raise DataError(
+        f"no {folder} image/mask pairs under {data_dir}: expected Lab3/{folder}/Image/ and "
+        f"Lab3/{folder}/Mask/ (or {folder}/Image and {folder}/Mask)."
+    )
+
+
+def mask_pairs(root: Path) -> tuple[list[Path], list[Path]]:
+    """(images, masks) matched by file name: `Im1.jpg` with `Im1.jpg` or `Im1_Mask.jpg`."""
+    for sub in ("Image", "Mask"):
+        if not (root / sub).is_dir():
+            raise DataError(f"{root} has no {sub}/ folder; image/mask pairs need both.")
+    images = {p.stem: p for p in sorted((root / "Image").iterdir()) if is_image(p)}
+    if not images:
+        raise DataError(f"{root / 'Image'} holds no images.")
+    masks = {}
+    for mask in sorted(p for p in (root / "Mask").iterdir() if is_image(p)):
+        stem = mask.stem.removesuffix("_Mask").removesuffix("_mask")
+        if stem not in images:
+            raise DataError(
+                f"mask {mask} has no image: expected {root / 'Image' / stem}.* beside it. "
+                "Add the image or remove the mask."
+            )
+        masks[stem] = mask
+    unmasked = sorted(set(images) - set(masks))
+    if unmasked:
+        raise DataError(
+            f"{len(unmasked)} image(s) in {root / 'Image'} have no mask, e.g. "
+            f"{images[unmasked[0]].name}: add Mask/{unmasked[0]}.png or remove the image."
+        )
+    stems = sorted(images)
+    return [images[s] for s in stems], [masks[s] for s in stems]

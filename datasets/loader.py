@@ -9,8 +9,15 @@ import numpy as np
 
 from datasets import catalog, synthetic
 from datasets.cache import cache_root, cached_arrays, fingerprint
-from datasets.images import load_many, resize_array
-from datasets.layouts import file_splits, locate, medmnist_splits
+from datasets.errors import DataError
+from datasets.images import load_many, load_masks, resize_array
+from datasets.layouts import (
+    file_splits,
+    locate,
+    locate_pairs,
+    mask_pairs,
+    medmnist_splits,
+)
 
 
 @dataclass
@@ -18,7 +25,7 @@ class TaskData:
     """Gray uint8 images (N, S, S) and integer labels for each split."""
 
     x_train: np.ndarray
-    y_train: np.ndarray
+    y_train: np.ndarray  # class labels (N,), or 0/1 masks (N, S, S) for segmentation
     x_val: np.ndarray
     y_val: np.ndarray
     class_names: list[str]
@@ -38,6 +45,8 @@ def load(data: str, data_dir: str | Path | None, image_size: int) -> TaskData:
     dataset = catalog.get(data)
     if data_dir in (None, ""):
         data_dir = synthetic.ensure(dataset.synthetic, cache_root() / "synthetic")
+    if isinstance(dataset, catalog.MaskSet):
+        return _load_pairs(dataset, Path(data_dir).expanduser().resolve(), image_size)
     layout, root = locate(dataset, Path(data_dir).expanduser().resolve())
     if layout == "medmnist":
         return _load_medmnist(dataset, root, image_size)
@@ -85,3 +94,26 @@ def _load_medmnist(dataset: catalog.DataSet, path: Path, image_size: int) -> Tas
         source=str(path), layout="medmnist", fingerprint=key["files"], from_cache=from_cache,
         extra={"x_test": arrays["x_test"], "y_test": arrays["y_test"]},
     )
+
+
+def _load_pairs(mask_set: catalog.MaskSet, data_dir: Path, image_size: int) -> TaskData:
+    """Image/mask pairs, split at random (seeded) into training and validation."""
+    root = locate_pairs(mask_set, data_dir)
+    images, masks = mask_pairs(root)
+    key = {"layout": "pairs", "root": str(root), "size": image_size,
+           "split": [mask_set.val_fraction, mask_set.split_seed],
+           "files": fingerprint([*images, *masks], root)}
+
+    def build() -> dict[str, np.ndarray]:
+        print(f"Decoding {len(images)} image/mask pairs from {root} at {image_size}x{image_size}")
+        order = np.random.default_rng(mask_set.split_seed).permutation(len(images))
+        n_val = max(1, round(mask_set.val_fraction * len(images)))
+        if len(images) - n_val < 1:
+            raise DataError(f"{root} has {len(images)} pair(s): too few to split for validation.")
+        x, y = load_many(images, image_size), load_masks(masks, image_size)
+        val, train = order[:n_val], order[n_val:]
+        return {"x_train": x[train], "y_train": y[train], "x_val": x[val], "y_val": y[val]}
+
+    arrays, from_cache = cached_arrays(key, build)
+    return TaskData(**arrays, class_names=["background", mask_set.key], source=str(root),
+                    layout="pairs", fingerprint=key["files"], from_cache=from_cache)

@@ -2,27 +2,62 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import keras
 import numpy as np
 import tensorflow as tf
 from keras import layers
 
+FLIPS = ("none", "horizontal", "vertical", "horizontal_and_vertical")
 
-def build_augmenter(settings: Mapping, seed: int) -> keras.Sequential:
-    """The labs' augmentation as Keras layers: rotation, shift, zoom, flip."""
-    return keras.Sequential(
-        [
-            layers.RandomRotation(settings["rotation"], fill_mode="nearest", seed=seed),
-            layers.RandomTranslation(
-                settings["shift"], settings["shift"], fill_mode="nearest", seed=seed + 1
-            ),
-            layers.RandomZoom(settings["zoom"], fill_mode="nearest", seed=seed + 2),
-            layers.RandomFlip(settings["flip"], seed=seed + 3),
-        ],
-        name="augmentation",
-    )
+
+def geometric_layers(settings: Mapping, seed: int) -> keras.Sequential | None:
+    """Rotation (fraction of a turn), shift and zoom (fractions of the size), flip."""
+    stack = []
+    if settings.get("rotation", 0) > 0:
+        stack.append(layers.RandomRotation(settings["rotation"], fill_mode="nearest", seed=seed))
+    if settings.get("shift", 0) > 0:
+        shift = settings["shift"]
+        stack.append(layers.RandomTranslation(shift, shift, fill_mode="nearest", seed=seed + 1))
+    if settings.get("zoom", 0) > 0:
+        stack.append(layers.RandomZoom(settings["zoom"], fill_mode="nearest", seed=seed + 2))
+    flip = settings.get("flip", "none")
+    if flip not in FLIPS:
+        raise ValueError(f"augmentation flip {flip!r}: choose one of {', '.join(FLIPS)}")
+    if flip != "none":
+        stack.append(layers.RandomFlip(flip, seed=seed + 3))
+    return keras.Sequential(stack, name="geometric") if stack else None
+
+
+def intensity_layers(settings: Mapping, seed: int) -> keras.Sequential | None:
+    """Brightness and contrast jitter, on images in [0, 1]; masks never get these."""
+    stack = []
+    if settings.get("brightness", 0) > 0:
+        stack.append(
+            layers.RandomBrightness(settings["brightness"], value_range=(0, 1), seed=seed + 4)
+        )
+    if settings.get("contrast", 0) > 0:
+        stack.append(layers.RandomContrast(settings["contrast"], seed=seed + 5))
+    return keras.Sequential(stack, name="intensity") if stack else None
+
+
+def augmenter(settings: Mapping, seed: int, *, masks: bool = False) -> Callable:
+    """(images, targets) -> augmented pair. With `masks`, the targets are masks that get the
+    image's geometric transform (stacked as one tensor, so both see the same random draw)."""
+    geometric, intensity = geometric_layers(settings, seed), intensity_layers(settings, seed)
+
+    def apply(x, y):
+        if geometric is not None and masks:
+            both = geometric(tf.concat([x, y], axis=-1), training=True)
+            x, y = both[..., :1], tf.round(both[..., 1:])  # interpolation blurs edges: re-binarize
+        elif geometric is not None:
+            x = geometric(x, training=True)
+        if intensity is not None:
+            x = tf.clip_by_value(intensity(x, training=True), 0.0, 1.0)
+        return x, y
+
+    return apply
 
 
 def make_dataset(
@@ -31,9 +66,9 @@ def make_dataset(
     *,
     batch_size: int,
     shuffle_seed: int | None = None,
-    augmenter: keras.Layer | None = None,
+    augment: Callable | None = None,
 ) -> tf.data.Dataset:
-    """uint8 (N, H, W) images -> batches of float32 (B, H, W, 1) in [0, 1].
+    """uint8 (N, H, W) images -> batches of float32 (B, H, W, 1) in [0, 1] with their targets.
 
     Shuffling and augmentation are for training data only: pass neither for validation.
     """
@@ -43,8 +78,6 @@ def make_dataset(
     ds = ds.batch(batch_size).map(
         lambda x, y: (tf.cast(x, tf.float32) / 255.0, y), num_parallel_calls=tf.data.AUTOTUNE
     )
-    if augmenter is not None:
-        ds = ds.map(
-            lambda x, y: (augmenter(x, training=True), y), num_parallel_calls=tf.data.AUTOTUNE
-        )
+    if augment is not None:
+        ds = ds.map(augment, num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE)

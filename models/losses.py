@@ -50,3 +50,41 @@ def predicted_classes(outputs: np.ndarray, loss: str) -> np.ndarray:
         return outputs.argmax(axis=1)
     threshold = 0.0 if loss == "hinge" else 0.5
     return (outputs.reshape(-1) > threshold).astype("int64")
+
+
+# --- segmentation -------------------------------------------------------------------------
+
+SEGMENTATION_LOSSES = ("bce", "dice", "bce_dice")
+
+
+def dice_coefficient(y_true, y_pred, smooth: float = 1.0):
+    """dice = (2 * sum(y * p) + s) / (sum(y) + sum(p) + s), over the whole batch, as in Lab 3."""
+    y_true = ops.cast(ops.reshape(y_true, (-1,)), "float32")
+    y_pred = ops.cast(ops.reshape(y_pred, (-1,)), "float32")
+    overlap = ops.sum(y_true * y_pred)
+    return (2.0 * overlap + smooth) / (ops.sum(y_true) + ops.sum(y_pred) + smooth)
+
+
+def dice_loss(y_true, y_pred):
+    return 1.0 - dice_coefficient(y_true, y_pred)
+
+
+def bce_dice_loss(y_true, y_pred):
+    return keras.losses.binary_crossentropy(
+        ops.reshape(y_true, (-1, 1)), ops.reshape(y_pred, (-1, 1))
+    ) + dice_loss(y_true, y_pred)
+
+
+def segmentation_loss_and_metrics(loss: str) -> tuple:
+    """Loss by name, with dice, precision and recall of the lung pixels as metrics."""
+    losses = {"bce": keras.losses.BinaryCrossentropy(), "dice": dice_loss,
+              "bce_dice": bce_dice_loss}
+    if loss not in losses:
+        raise ValueError(
+            f"unknown segmentation loss {loss!r}; choose one of: {', '.join(SEGMENTATION_LOSSES)}"
+        )
+    return losses[loss], [
+        keras.metrics.MeanMetricWrapper(dice_coefficient, name="dice"),
+        keras.metrics.Precision(name="precision"),
+        keras.metrics.Recall(name="recall"),
+    ]

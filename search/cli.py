@@ -99,7 +99,8 @@ def _tune(args: argparse.Namespace, spec) -> int:
     )
     started = time.monotonic()
     study, tracker = run_study(spec, settings, tracking_uri=args.tracking_uri,
-                               experiment=args.experiment)
+                               experiment=args.experiment,
+                               show_progress_bar=sys.stderr.isatty())  # a bar in a log is noise
     _print_summary(study, tracker, spec.objective, time.monotonic() - started)
     return 0
 

@@ -1,22 +1,21 @@
 """The objective: one trial builds a model from its params, trains it, and logs what happened.
 
 The data arrives already decoded (once per study, in `datasets.loader`); a trial only builds,
-trains and logs.
+trains and logs. What differs between kinds of task (the data fed, the artifacts logged) is in
+`search.problems`.
 """
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable
 
 import keras
 import optuna
 from optuna_integration import KerasPruningCallback
 
-from datasets.loader import TaskData
-from datasets.pipeline import build_augmenter, make_dataset
 from models import build_model
-from models.losses import encode_targets, predicted_classes
-from search import plots
+from search.problems import Classification, Segmentation
 from search.spec import StudySpec, suggest
 from search.tracking import StudyTracker
 from search.training import (
@@ -30,7 +29,7 @@ from search.training import (
 
 def make_objective(
     spec: StudySpec,
-    data: TaskData,
+    problem: Classification | Segmentation,
     tracker: StudyTracker,
     *,
     epochs: int,
@@ -38,32 +37,19 @@ def make_objective(
     verbose: bool = True,
 ) -> Callable[[optuna.Trial], float]:
     monitor = spec.objective
-    fixed = {**spec.fixed, "epochs": epochs, "image_size": data.x_train.shape[1]}
 
     def objective(trial: optuna.Trial) -> float:
-        params = suggest(trial, spec.space)
-        config = {
-            **spec.fixed,
-            **params,
-            "input_shape": (*data.x_train.shape[1:], 1),
-            "n_classes": data.n_classes,
-        }
+        params = suggest(trial, spec)
+        config = problem.config(params)
+        fixed = {**spec.fixed, "epochs": epochs, "input_shape": config["input_shape"]}
         with tracker.trial_run(trial, params, fixed) as run, fresh_keras_session():
             trial_seed = seed + trial.number  # a replay with the same seed retrains the same way
             keras.utils.set_random_seed(trial_seed)
             model = build_model(spec.model, config)
-            compile_model(model, config)
+            compile_model(model, config, *problem.loss_and_metrics(config))
+            run.log_text(summary_text(model), "model_summary.txt")
+            train, val = problem.datasets(config, trial_seed)
 
-            augmenter = build_augmenter(spec.augmentation, trial_seed) if config.get(
-                "augment") else None
-            train = make_dataset(
-                data.x_train, encode_targets(data.y_train, config["loss"], data.n_classes),
-                batch_size=config["batch_size"], shuffle_seed=trial_seed, augmenter=augmenter,
-            )
-            val = make_dataset(
-                data.x_val, encode_targets(data.y_val, config["loss"], data.n_classes),
-                batch_size=config["batch_size"],
-            )
             lines = [EpochLines(run.name, epochs)] if verbose else []
             model.fit(
                 train,
@@ -85,17 +71,16 @@ def make_objective(
             check_finite(run.history)
             value, epoch = best_epoch(run.history[monitor])
 
-            # The weights are the best epoch's (EarlyStopping restored them): score those.
-            outputs = model.predict(val, verbose=0)
-            run.log_figure(
-                plots.confusion_matrix(
-                    data.y_val, predicted_classes(outputs, config["loss"]), data.class_names,
-                    title=f"{run.name}: validation, epoch {epoch}",
-                ),
-                "plots/confusion_matrix.png",
-            )
+            # The weights are the best epoch's (EarlyStopping restored them): judge those.
+            problem.log_artifacts(run, model, val, config, epoch)
             run.log_metrics({"objective": value, "best_epoch": epoch})
             trial.set_user_attr("best_epoch", epoch)
             return value
 
     return objective
+
+
+def summary_text(model: keras.Model) -> str:
+    out = io.StringIO()
+    model.summary(print_fn=lambda line, **_: out.write(line + "\n"))
+    return out.getvalue()

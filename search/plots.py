@@ -11,7 +11,7 @@ matplotlib.use("Agg")  # no display on training machines
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
-from sklearn.metrics import ConfusionMatrixDisplay  # noqa: E402
+from sklearn.metrics import ConfusionMatrixDisplay, RocCurveDisplay  # noqa: E402
 
 
 def learning_curves(history: Mapping[str, Sequence[float]], title: str = "") -> plt.Figure:
@@ -42,5 +42,39 @@ def confusion_matrix(
         cmap="Blues", colorbar=False, ax=ax,
     )
     ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def roc_curve(
+    y_true: np.ndarray, scores: np.ndarray, class_names: Sequence[str], title: str = ""
+) -> tuple[plt.Figure, float]:
+    """ROC of a binary classifier's scores (probabilities or hinge margins), and its AUC."""
+    fig, ax = plt.subplots(figsize=(4.4, 4.0))
+    display = RocCurveDisplay.from_predictions(
+        y_true, scores, pos_label=1, name=f"{class_names[1]} vs {class_names[0]}", ax=ax,
+        plot_chance_level=True,
+    )
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig, float(display.roc_auc)
+
+
+def mask_overlays(
+    images: np.ndarray, true_masks: np.ndarray, predicted: np.ndarray, title: str = ""
+) -> plt.Figure:
+    """Validation images with the true (green) and predicted (red) mask outlines, and dice."""
+    n = len(images)
+    fig, axes = plt.subplots(1, n, figsize=(2.6 * n, 3.0), squeeze=False)
+    for ax, image, truth, guess in zip(axes[0], images, true_masks, predicted, strict=True):
+        ax.imshow(image, cmap="gray")
+        for mask, color in ((truth, "lime"), (guess, "red")):
+            if mask.any() and not mask.all():
+                ax.contour(mask.astype(float), levels=[0.5], colors=color, linewidths=1.2)
+        overlap = 2 * np.logical_and(truth, guess).sum()
+        dice = (overlap + 1) / (truth.sum() + guess.sum() + 1)
+        ax.set_title(f"dice {dice:.3f}", fontsize=9)
+        ax.axis("off")
+    fig.suptitle(f"{title}\ngreen: true mask, red: predicted", fontsize=10)
     fig.tight_layout()
     return fig

@@ -24,12 +24,12 @@ class StudySpec:
     objective: str
     fixed: dict[str, Any]
     space: dict[str, optuna.distributions.BaseDistribution]
+    conditions: dict[str, str]  # param -> the boolean param that must be true to search it
     baselines: list[dict[str, Any]]  # each: params for every space dimension, plus "note"
     budget: dict[str, dict[str, Any]]
     sampler: dict[str, Any]
     pruner: dict[str, Any]
     training: dict[str, Any]
-    augmentation: dict[str, Any]
     source: str  # the study file's text, as it was loaded
 
 
@@ -70,13 +70,25 @@ def _merge(base: dict, override: dict) -> dict:
 
 
 def _build(name: str, raw: dict, text: str) -> StudySpec:
-    space = {param: distribution(param, entry) for param, entry in raw["space"].items()}
+    entries = dict(raw["space"])
+    if "augment" in entries:  # the shared ranges go last; a task may redefine any of them
+        shared = raw.get("augment_space", {})
+        own = {k: v for k, v in entries.items() if k not in shared}
+        entries = {**own, **{k: entries.get(k, v) for k, v in shared.items()}}
+    space = {param: distribution(param, entry) for param, entry in entries.items()}
+    conditions = {p: e["when"] for p, e in entries.items() if "when" in e}
+    order = list(space)
+    for param, when in conditions.items():
+        if when not in space or order.index(when) > order.index(param):
+            raise ValueError(f"space.{param}: when = {when!r} must name a search dimension "
+                             "listed before it")
     defaults = {k: v for k, v in raw.get("baseline_defaults", {}).items() if k in space}
     baselines = []
     for entry in raw.get("baselines", []):
         params = {**defaults, **{k: v for k, v in entry.items() if k != "note"}}
+        params = {k: v for k, v in params.items() if active(k, params, conditions)}
         unknown = sorted(set(params) - set(space))
-        missing = sorted(set(space) - set(params))
+        missing = sorted(p for p in set(space) - set(params) if active(p, params, conditions))
         if unknown or missing:
             raise ValueError(
                 f"baseline {entry.get('note', entry)!r}: "
@@ -97,18 +109,26 @@ def _build(name: str, raw: dict, text: str) -> StudySpec:
         objective=raw["objective"],
         fixed=raw.get("fixed", {}),
         space=space,
+        conditions=conditions,
         baselines=baselines,
         budget=raw["budget"],
         sampler=raw["sampler"],
         pruner=raw["pruner"],
         training=raw["training"],
-        augmentation=raw["augmentation"],
         source=text,
     )
 
 
+def active(param: str, params: dict, conditions: dict[str, str]) -> bool:
+    """A conditional dimension is searched only when its `when` parameter is true."""
+    return param not in conditions or bool(params.get(conditions[param]))
+
+
 def distribution(param: str, entry: dict) -> optuna.distributions.BaseDistribution:
-    """`{choices = [...]}` is categorical; `{low, high[, log, step]}` is int or float by type."""
+    """`{choices = [...]}` is categorical; `{low, high[, log, step]}` is int or float by type.
+
+    Either may add `when = "other"`: searched only in trials where parameter `other` is true.
+    """
     if "choices" in entry:
         return optuna.distributions.CategoricalDistribution(entry["choices"])
     low, high = entry["low"], entry["high"]
@@ -129,10 +149,12 @@ def contains(dist: optuna.distributions.BaseDistribution, value: Any) -> bool:
     return isinstance(value, int | float) and dist.low <= value <= dist.high
 
 
-def suggest(trial: optuna.Trial, space: dict[str, optuna.distributions.BaseDistribution]) -> dict:
-    """One value per search dimension, through Optuna's public suggest API."""
-    params = {}
-    for name, dist in space.items():
+def suggest(trial: optuna.Trial, spec: StudySpec) -> dict:
+    """One value per active search dimension, through Optuna's public suggest API."""
+    params: dict[str, Any] = {}
+    for name, dist in spec.space.items():
+        if not active(name, params, spec.conditions):
+            continue
         if isinstance(dist, optuna.distributions.CategoricalDistribution):
             params[name] = trial.suggest_categorical(name, dist.choices)
         elif isinstance(dist, optuna.distributions.IntDistribution):

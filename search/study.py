@@ -10,6 +10,7 @@ import optuna
 
 from datasets import loader
 from search.objective import make_objective
+from search.problems import make_problem
 from search.pruners import make_pruner
 from search.spec import StudySpec
 from search.tracking import StudyTracker
@@ -149,7 +150,8 @@ def run_study(
     )
     tracker.log_text(spec.source, f"study/{spec.name}.toml")
     objective = make_objective(
-        spec, data, tracker, epochs=settings.epochs, seed=settings.seed, verbose=verbose
+        spec, make_problem(spec, data), tracker,
+        epochs=settings.epochs, seed=settings.seed, verbose=verbose,
     )
     remaining = max(0, settings.n_trials - finished_trials(study))
     status = "FINISHED"

@@ -10,7 +10,6 @@ from contextlib import contextmanager
 import keras
 from tqdm import tqdm
 
-from models.losses import loss_and_metrics
 
 OPTIMIZERS = {
     "adam": keras.optimizers.Adam,
@@ -23,14 +22,13 @@ class TrialFailed(RuntimeError):
     """A trial that cannot give a value (e.g. its loss diverged); the message says why."""
 
 
-def compile_model(model: keras.Model, config: Mapping) -> None:
+def compile_model(model: keras.Model, config: Mapping, loss, metrics: list) -> None:
     try:
         optimizer = OPTIMIZERS[config["optimizer"]](learning_rate=config["learning_rate"])
     except KeyError:
         raise ValueError(
             f"unknown optimizer {config['optimizer']!r}; choose one of: {', '.join(OPTIMIZERS)}"
         ) from None
-    loss, metrics = loss_and_metrics(config["loss"], config["n_classes"])
     model.compile(optimizer=optimizer, loss=loss, metrics=metrics)
 
 

@@ -33,3 +33,16 @@ def tiny_skin(tmp_path) -> Path:
 
     synthetic.write_skin(tmp_path / "course", n_train=24, n_val=12, size=32, seed=1)
     return tmp_path / "course"
+
+
+@pytest.fixture
+def tiny_course(tmp_path) -> Path:
+    """A course root with small synthetic Skin, Bone, X-ray (9 organs) and lung-mask sets."""
+    from datasets import synthetic
+
+    root = tmp_path / "course"
+    synthetic.write_skin(root, n_train=24, n_val=12, size=32, seed=1)
+    synthetic.write_bone(root, n_train=24, n_val=12, size=32, seed=1)
+    synthetic.write_xray9(root, n_train=36, n_test=18, size=32, seed=1)
+    synthetic.write_lungs(root, n_pairs=20, size=32, seed=1)
+    return root

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 from conftest import SHARED_MEDMNIST, write_png
+from PIL import Image
 
 from datasets import loader
 from datasets.catalog import CATALOG
@@ -175,3 +176,52 @@ def test_flat_file_without_class_token(tmp_path):
 def test_unknown_data_set():
     with pytest.raises(ValueError, match="unknown data set 'brain'; known: " + ", ".join(CATALOG)):
         loader.load("brain", None, image_size=8)
+
+
+# --- image/mask pairs (Lab 3) -------------------------------------------------------------
+
+
+def pairs_folder(root, n=5, mask_suffix=""):
+    for i in range(n):
+        write_png(root / "Image" / f"Im{i}.png", i)
+        mask = np.zeros((40, 40), "uint8")
+        mask[5:20 + i, 8:30] = 1  # any value > 0 is the object
+        path = root / "Mask" / f"Im{i}{mask_suffix}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(mask).save(path)
+    return root
+
+
+def test_pairs_are_matched_binarized_and_split_80_20(tmp_path):
+    pairs_folder(tmp_path / "Lab3" / "X_ray", n=10)
+    data = loader.load("lungs", tmp_path, image_size=20)
+    assert data.layout == "pairs"
+    assert data.x_train.shape == (8, 20, 20) and data.x_val.shape == (2, 20, 20)
+    assert data.y_train.shape == (8, 20, 20) and set(np.unique(data.y_train)) == {0, 1}
+    again = loader.load("lungs", tmp_path, image_size=20)
+    assert again.from_cache
+    np.testing.assert_array_equal(again.y_val, data.y_val)  # the same split every time
+
+
+def test_ct_style_mask_names(tmp_path):
+    pairs_folder(tmp_path / "X_ray", n=5, mask_suffix="_Mask")
+    assert loader.load("lungs", tmp_path / "X_ray", image_size=8).x_train.shape[0] == 4
+
+
+def test_mask_without_image(tmp_path):
+    root = pairs_folder(tmp_path / "X_ray", n=3)
+    write_png(root / "Mask" / "Im9.png", 9)
+    with pytest.raises(DataError, match="mask .*Im9.png has no image"):
+        loader.load("lungs", root, image_size=8)
+
+
+def test_image_without_mask(tmp_path):
+    root = pairs_folder(tmp_path / "X_ray", n=3)
+    write_png(root / "Image" / "Im7.png", 7)
+    with pytest.raises(DataError, match="1 image.s. in .* have no mask, e.g. Im7.png"):
+        loader.load("lungs", root, image_size=8)
+
+
+def test_no_pairs_folder(tmp_path):
+    with pytest.raises(DataError, match="no X_ray image/mask pairs"):
+        loader.load("lungs", tmp_path, image_size=8)

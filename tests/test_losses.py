@@ -4,7 +4,15 @@ import keras
 import numpy as np
 import pytest
 
-from models.losses import encode_targets, loss_and_metrics, predicted_classes, sign_accuracy
+from models.losses import (
+    dice_coefficient,
+    dice_loss,
+    encode_targets,
+    loss_and_metrics,
+    predicted_classes,
+    segmentation_loss_and_metrics,
+    sign_accuracy,
+)
 
 
 def metric_value(metric, y_true, y_pred):
@@ -58,3 +66,23 @@ def test_hinge_and_bce_score_the_same_predictions_alike():
 def test_unknown_loss():
     with pytest.raises(ValueError, match="unknown loss 'mse'; choose one of: bce, hinge"):
         loss_and_metrics("mse")
+
+
+def test_dice_against_hand_computed_values():
+    y = np.array([[1, 1, 0, 0]], "float32")
+    p = np.array([[1, 0, 1, 0]], "float32")
+    # 2 * overlap 1 + smooth 1 = 3 over |y| 2 + |p| 2 + 1 = 5
+    assert float(dice_coefficient(y, p)) == pytest.approx(3 / 5)
+    assert float(dice_coefficient(y, y)) == pytest.approx(1.0)
+    soft = np.array([[0.5, 0.5, 0.0, 0.0]], "float32")
+    assert float(dice_coefficient(y, soft)) == pytest.approx((2 * 1.0 + 1) / (2 + 1 + 1))
+    assert float(dice_loss(y, p)) == pytest.approx(2 / 5)
+    assert float(dice_coefficient(np.zeros((1, 4)), np.zeros((1, 4)))) == pytest.approx(1.0)
+
+
+def test_segmentation_losses_by_name():
+    for name in ("bce", "dice", "bce_dice"):
+        loss, metrics = segmentation_loss_and_metrics(name)
+        assert [m.name for m in metrics] == ["dice", "precision", "recall"]
+    with pytest.raises(ValueError, match="unknown segmentation loss 'hinge'"):
+        segmentation_loss_and_metrics("hinge")

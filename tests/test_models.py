@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import pytest
 
-from models import BUILDERS, build_model
+from models import build_model
 from models.blocks import parse_widths
 from models.vgg16 import LAST_CONV
 
@@ -22,7 +22,10 @@ def count(model, layer_type):
     return sum(isinstance(layer, layer_type) for layer in model.layers)
 
 
-@pytest.mark.parametrize("name", sorted(BUILDERS))
+CLASSIFIERS = ["alexnet", "lenet", "mlp", "vgg16"]
+
+
+@pytest.mark.parametrize("name", CLASSIFIERS)
 @pytest.mark.parametrize("batch_norm,spatial_dropout,dropout", SWITCHES)
 def test_builds_with_each_switch(name, batch_norm, spatial_dropout, dropout):
     model = build_model(name, config(batch_norm=batch_norm, spatial_dropout=spatial_dropout,
@@ -85,3 +88,17 @@ def test_parse_widths():
 def test_unknown_model():
     with pytest.raises(ValueError, match="unknown model 'resnet'; known models: mlp"):
         build_model("resnet", config())
+
+
+@pytest.mark.parametrize("batch_norm,dropout", [(False, 0.0), (True, 0.2)])
+def test_unet_shape_widths_and_switches(batch_norm, dropout):
+    model = build_model("unet", {"input_shape": (32, 32, 1), "base": 2,
+                                 "batch_norm": batch_norm, "dropout": dropout})
+    assert model(np.zeros((1, 32, 32, 1), "float32")).shape == (1, 32, 32, 1)
+    convs = [la.filters for la in model.layers if type(la) is keras.layers.Conv2D]
+    assert convs == [2, 2, 4, 4, 8, 8, 16, 16, 32, 32, 16, 16, 8, 8, 4, 4, 2, 2, 1]
+    ups = [la.filters for la in model.layers if isinstance(la, keras.layers.Conv2DTranspose)]
+    assert ups == [16, 8, 4, 2]
+    assert count(model, keras.layers.BatchNormalization) == (18 if batch_norm else 0)
+    assert count(model, keras.layers.Dropout) == (8 if dropout else 0)  # 4 down, 4 up
+    assert model.get_layer("mask").activation.__name__ == "sigmoid"

@@ -4,7 +4,7 @@ import optuna
 import pytest
 
 from search.pruners import make_pruner
-from search.spec import load_spec, task_names
+from search.spec import active, load_spec, suggest, task_names
 
 ISSUE_TASKS = {"mlp_skin", "lenet_skin", "alexnet_skin", "vgg_skin", "vgg_bone"}
 
@@ -17,12 +17,14 @@ def test_the_lab_tasks_are_there():
 def test_every_study_file_is_valid(task):
     spec = load_spec(task)
     assert spec.baselines, "a lab task enqueues its lab baselines"
-    assert {"learning_rate", "base", "batch_size", "optimizer", "loss"} <= set(spec.space)
+    assert {"learning_rate", "base", "batch_size"} <= set(spec.space)
+    assert {"optimizer", "loss"} <= set(spec.space) | set(spec.fixed)
     assert spec.space["learning_rate"].log
     for baseline in spec.baselines:
-        assert set(baseline) - {"note"} == set(spec.space)
+        assert set(baseline) - {"note"} == {
+            p for p in spec.space if active(p, baseline, spec.conditions)}
         assert baseline["note"]
-    assert spec.budget["lab"]["image_size"] == 128
+    assert spec.budget["lab"]["image_size"] >= 128  # the labs trained at 128 (U-Net: 256)
     assert isinstance(make_pruner(spec.pruner), optuna.pruners.BasePruner)
 
 
@@ -106,3 +108,45 @@ lower = 0.9
     assert isinstance(make_pruner(spec.pruner), optuna.pruners.ThresholdPruner)
     with pytest.raises(ValueError, match="unknown pruner 'magic'"):
         make_pruner({"type": "magic"})
+
+
+def test_augmentation_ranges_are_searched_only_with_augment(tmp_path):
+    spec = load_spec(write_study(tmp_path, """
+[space]
+base = { choices = [8] }
+augment = { choices = [false, true] }
+aug_zoom = { low = 0.0, high = 0.05, when = "augment" }
+[[baselines]]
+note = "no augmentation"
+base = 8
+[[baselines]]
+note = "lab augmentation"
+base = 8
+augment = true
+aug_zoom = 0.05
+"""))
+    assert spec.space["aug_zoom"].high == 0.05  # the task's own range wins over the shared one
+    assert "aug_rotation" in spec.space and spec.conditions["aug_rotation"] == "augment"
+    plain, augmented = spec.baselines
+    assert not any(k.startswith("aug_") for k in plain)
+    assert augmented["aug_zoom"] == 0.05 and augmented["aug_flip"] == "horizontal"
+
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    seen = []
+    for _ in range(12):
+        trial = study.ask()
+        params = suggest(trial, spec)
+        seen.append(params["augment"])
+        assert params["augment"] == any(k.startswith("aug_") for k in params)
+        study.tell(trial, 0.0)
+    assert set(seen) == {False, True}
+
+
+def test_condition_must_come_after_its_switch(tmp_path):
+    path = write_study(tmp_path, """
+[space]
+aug_zoom2 = { low = 0.0, high = 0.1, when = "augment" }
+augment = { choices = [false, true] }
+""")
+    with pytest.raises(ValueError, match="when = 'augment' must name a search dimension listed"):
+        load_spec(path)

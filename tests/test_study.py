@@ -77,8 +77,12 @@ def test_two_trial_study_logs_parent_children_epochs_and_plots(workdir, tiny_ski
         assert child.data.metrics["objective"] == pytest.approx(max(val_acc))
         assert trial.value == pytest.approx(max(val_acc))
         plots = {a.path: a.file_size for a in client.list_artifacts(child.info.run_id, "plots")}
-        assert plots.keys() == {"plots/learning_curves.png", "plots/confusion_matrix.png"}
+        assert plots.keys() == {
+            "plots/learning_curves.png", "plots/confusion_matrix.png", "plots/roc_curve.png"}
         assert all(size > 1000 for size in plots.values())
+        assert 0 <= child.data.metrics["val_auc"] <= 1
+        summary = client.download_artifacts(child.info.run_id, "model_summary.txt", str(workdir))
+        assert "Last_ConvLayer" in Path(summary).read_text()
 
     out = capsys.readouterr().out
     assert "vgg_skin-t0001 epoch 2/2" in out  # per-epoch progress lines
@@ -208,3 +212,26 @@ def test_a_diverging_trial_fails_with_the_reason(workdir, tiny_skin):
     assert "training diverged" in trial.user_attrs["fail_reason"]
     _, _, (child,) = runs(workdir)
     assert child.info.status == "FAILED" and "became nan" in child.data.tags["error"]
+
+
+ARTIFACTS = {
+    "lenet_xray9": {"plots/learning_curves.png", "plots/confusion_matrix.png"},
+    "alexnet_xray9": {"plots/learning_curves.png", "plots/confusion_matrix.png"},
+    "unet_xray": {"plots/learning_curves.png", "plots/mask_overlays.png"},
+}
+
+
+@pytest.mark.parametrize("task", sorted(ARTIFACTS))
+def test_each_lab_task_runs_a_two_trial_study(workdir, tiny_course, task):
+    assert tune(workdir, "--task", task, "--n-trials", "2", "--data-dir", str(tiny_course)) == 0
+
+    assert [t.state for t in finished(workdir, task)] == [TS.COMPLETE, TS.COMPLETE]
+    client, _, children = runs(workdir)
+    monitor = load_spec(task).objective
+    for child in children:
+        assert len(client.get_metric_history(child.info.run_id, monitor)) == 2
+        plots = {a.path for a in client.list_artifacts(child.info.run_id, "plots")}
+        assert plots == ARTIFACTS[task]
+        assert {a.path for a in client.list_artifacts(child.info.run_id)} >= {"model_summary.txt"}
+    if task == "unet_xray":
+        assert {"val_dice", "val_precision", "val_recall"} <= set(children[0].data.metrics)

@@ -1,0 +1,35 @@
+"""U-Net of Lab 3: encoder b, 2b, 4b, 8b (pool + [dropout] after each), bottleneck 16b,
+decoder Conv2DTranspose(stride 2) -> concatenate skip -> [dropout] -> conv block, 1x1 sigmoid."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import keras
+from keras import layers
+
+from models.blocks import conv_block, model_input
+
+
+def build_unet(config: Mapping) -> keras.Model:
+    base = int(config["base"])
+    dropout = float(config.get("dropout", 0.0))
+    batch_norm = bool(config.get("batch_norm", False))
+    inputs = model_input(config)
+
+    skips, x = [], inputs
+    for multiple in (1, 2, 4, 8):
+        x = conv_block(x, multiple * base, n_convs=2, pool=False, batch_norm=batch_norm)
+        skips.append(x)
+        x = layers.MaxPooling2D(2)(x)
+        if dropout > 0:
+            x = layers.Dropout(dropout)(x)
+    x = conv_block(x, 16 * base, n_convs=2, pool=False, batch_norm=batch_norm)
+    for multiple, skip in zip((8, 4, 2, 1), reversed(skips), strict=True):
+        x = layers.Conv2DTranspose(multiple * base, 3, strides=2, padding="same")(x)
+        x = layers.Concatenate()([x, skip])
+        if dropout > 0:
+            x = layers.Dropout(dropout)(x)
+        x = conv_block(x, multiple * base, n_convs=2, pool=False, batch_norm=batch_norm)
+    outputs = layers.Conv2D(1, 1, activation="sigmoid", name="mask")(x)
+    return keras.Model(inputs, outputs, name="unet")

@@ -1,0 +1,127 @@
+"""What differs between kinds of lab task: the data a trial is fed and the artifacts it logs.
+
+A new lab task is a study file; a kind here is needed only for a new *kind* of task.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from datasets.loader import TaskData
+from datasets.pipeline import augmenter, make_dataset
+from models.losses import (
+    encode_targets,
+    loss_and_metrics,
+    predicted_classes,
+    segmentation_loss_and_metrics,
+)
+from search import plots
+from search.spec import StudySpec
+from search.tracking import TrialRun
+
+
+def augmentation_settings(params: Mapping[str, Any]) -> dict[str, Any]:
+    """This trial's augmentation ranges: its `aug_*` params (see `[augment_space]`)."""
+    return {k.removeprefix("aug_"): v for k, v in params.items() if k.startswith("aug_")}
+
+
+class Classification:
+    """Images (or features) and class labels; confusion matrix and, for two classes, ROC."""
+
+    def __init__(self, spec: StudySpec, data: TaskData):
+        self.spec = spec
+        self.data = data
+
+    def config(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        shape = self.data.x_train.shape[1:]
+        return {
+            **self.spec.fixed,
+            **params,
+            "input_shape": (*shape, 1) if len(shape) == 2 else shape,
+            "n_classes": self.data.n_classes,
+            "loss": params.get("loss", self.spec.fixed.get("loss", "bce")),
+        }
+
+    def loss_and_metrics(self, config: Mapping[str, Any]) -> tuple:
+        return loss_and_metrics(config["loss"], self.data.n_classes)
+
+    def datasets(self, config: Mapping[str, Any], seed: int) -> tuple[tf.data.Dataset, ...]:
+        data, loss = self.data, config["loss"]
+        augment = None
+        if config.get("augment"):
+            augment = augmenter(augmentation_settings(config), seed)
+        train = make_dataset(
+            data.x_train, encode_targets(data.y_train, loss, data.n_classes),
+            batch_size=config["batch_size"], shuffle_seed=seed, augment=augment,
+        )
+        val = make_dataset(
+            data.x_val, encode_targets(data.y_val, loss, data.n_classes),
+            batch_size=config["batch_size"],
+        )
+        return train, val
+
+    def log_artifacts(
+        self, run: TrialRun, model: keras.Model, val: tf.data.Dataset, config: Mapping, epoch: int
+    ) -> None:
+        outputs = model.predict(val, verbose=0)
+        predicted = predicted_classes(outputs, config["loss"])
+        names = self.data.class_names
+        title = f"{run.name}: validation, epoch {epoch}"
+        run.log_figure(
+            plots.confusion_matrix(self.data.y_val, predicted, names, title=title),
+            "plots/confusion_matrix.png",
+        )
+        if self.data.n_classes == 2:
+            scores = np.asarray(outputs).reshape(len(outputs), -1)[:, -1]
+            figure, auc = plots.roc_curve(self.data.y_val, scores, names, title=title)
+            run.log_figure(figure, "plots/roc_curve.png")
+            run.log_metrics({"val_auc": auc})
+
+
+class Segmentation:
+    """Images and 0/1 masks; dice, precision and recall; overlays of true and predicted masks."""
+
+    n_overlays = 6
+
+    def __init__(self, spec: StudySpec, data: TaskData):
+        self.spec = spec
+        self.data = data
+
+    def config(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        return {**self.spec.fixed, **params, "input_shape": (*self.data.x_train.shape[1:], 1)}
+
+    def loss_and_metrics(self, config: Mapping[str, Any]) -> tuple:
+        return segmentation_loss_and_metrics(config["loss"])
+
+    def datasets(self, config: Mapping[str, Any], seed: int) -> tuple[tf.data.Dataset, ...]:
+        data = self.data
+        augment = None
+        if config.get("augment"):
+            augment = augmenter(augmentation_settings(config), seed, masks=True)
+        masks = {split: y[..., None].astype("float32") for split, y in
+                 (("train", data.y_train), ("val", data.y_val))}
+        train = make_dataset(data.x_train, masks["train"], batch_size=config["batch_size"],
+                             shuffle_seed=seed, augment=augment)
+        val = make_dataset(data.x_val, masks["val"], batch_size=config["batch_size"])
+        return train, val
+
+    def log_artifacts(
+        self, run: TrialRun, model: keras.Model, val: tf.data.Dataset, config: Mapping, epoch: int
+    ) -> None:
+        n = min(self.n_overlays, len(self.data.x_val))
+        images = self.data.x_val[:n]
+        predicted = model.predict(images[..., None] / 255.0, verbose=0)[..., 0] > 0.5
+        run.log_figure(
+            plots.mask_overlays(images, self.data.y_val[:n], predicted,
+                                title=f"{run.name}: validation, epoch {epoch}"),
+            "plots/mask_overlays.png",
+        )
+
+
+def make_problem(spec: StudySpec, data: TaskData) -> Classification | Segmentation:
+    return Segmentation(spec, data) if data.layout == "pairs" else Classification(spec, data)
