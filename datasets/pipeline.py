@@ -69,15 +69,18 @@ def make_dataset(
     augment: Callable | None = None,
 ) -> tf.data.Dataset:
     """uint8 (N, H, W) images -> batches of float32 (B, H, W, 1) in [0, 1] with their targets.
+    Float arrays (e.g. cached features) pass through as they are.
 
     Shuffling and augmentation are for training data only: pass neither for validation.
     """
-    ds = tf.data.Dataset.from_tensor_slices((images[..., None], targets))
+    raw = images.dtype == np.uint8
+    ds = tf.data.Dataset.from_tensor_slices((images[..., None] if raw else images, targets))
     if shuffle_seed is not None:
         ds = ds.shuffle(len(images), seed=shuffle_seed, reshuffle_each_iteration=True)
-    ds = ds.batch(batch_size).map(
-        lambda x, y: (tf.cast(x, tf.float32) / 255.0, y), num_parallel_calls=tf.data.AUTOTUNE
-    )
+    ds = ds.batch(batch_size)
+    if raw:
+        ds = ds.map(lambda x, y: (tf.cast(x, tf.float32) / 255.0, y),
+                    num_parallel_calls=tf.data.AUTOTUNE)
     if augment is not None:
         ds = ds.map(augment, num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE)

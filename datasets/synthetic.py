@@ -95,11 +95,8 @@ def _sigmoid(x: np.ndarray | float) -> np.ndarray:
 def _smooth_noise(rng: np.random.Generator, size: int, cells: int) -> np.ndarray:
     """Zero-mean, unit-std noise with blobs about size/cells pixels wide (bicubic upsampling)."""
     coarse = rng.standard_normal((cells, cells)).astype(np.float32)
-    field = np.asarray(
-        Image.fromarray(coarse).resize((size, size), Image.Resampling.BICUBIC), dtype=np.float32
-    )
-    field -= field.mean()
-    return field / (field.std() + 1e-9)
+    field = np.asarray(Image.fromarray(coarse).resize((size, size), Image.Resampling.BICUBIC))
+    return (field - field.mean()) / (field.std() + 1e-9)  # (PIL's buffer is read-only)
 
 
 def _blur(a: np.ndarray, sigma_px: float) -> np.ndarray:

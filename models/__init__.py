@@ -9,6 +9,7 @@ import keras
 from models.alexnet import build_alexnet
 from models.lenet import build_lenet
 from models.mlp import build_mlp
+from models.transfer import build_transfer_head
 from models.unet import build_unet
 from models.vgg16 import build_vgg16
 
@@ -18,6 +19,7 @@ BUILDERS: dict[str, Callable[[Mapping], keras.Model]] = {
     "alexnet": build_alexnet,
     "vgg16": build_vgg16,
     "unet": build_unet,
+    "transfer_head": build_transfer_head,
 }
 
 

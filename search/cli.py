@@ -54,6 +54,9 @@ def parser() -> argparse.ArgumentParser:
     tune.add_argument("--storage", type=_optional(str),
                       help="Optuna storage URL (default sqlite:///optuna.db)")
     tune.add_argument("--study", type=_optional(str), help="study name (default: the task name)")
+    tune.add_argument("--base", type=_optional(str),
+                      help="transfer tasks: VGG16 ImageNet weights file (default: the Keras "
+                           "cache), or models:/<name>@<alias> for a registered medtune VGG16")
     tune.add_argument("--seed", type=_whole, default=0)
     tune.add_argument("--experiment", default="medtune",
                       help="MLflow experiment when not started by `mlflow run`")
@@ -86,7 +89,7 @@ def _tune(args: argparse.Namespace, spec) -> int:
     settings = resolve_settings(
         spec, budget=args.budget, study_name=args.study, storage=args.storage,
         data_dir=args.data_dir, seed=args.seed, n_trials=args.n_trials, timeout=args.timeout,
-        epochs=args.epochs, image_size=args.image_size,
+        epochs=args.epochs, image_size=args.image_size, base=args.base,
     )
     print(
         f"medtune: {spec.name} ({spec.description})\n"

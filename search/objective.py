@@ -72,7 +72,7 @@ def make_objective(
             value, epoch = best_epoch(run.history[monitor])
 
             # The weights are the best epoch's (EarlyStopping restored them): judge those.
-            problem.log_artifacts(run, model, val, config, epoch)
+            problem.log_artifacts(run, model, val, config, epoch, improves(trial, value))
             run.log_metrics({"objective": value, "best_epoch": epoch})
             trial.set_user_attr("best_epoch", epoch)
             return value
@@ -84,3 +84,11 @@ def summary_text(model: keras.Model) -> str:
     out = io.StringIO()
     model.summary(print_fn=lambda line, **_: out.write(line + "\n"))
     return out.getvalue()
+
+
+def improves(trial: optuna.Trial, value: float) -> bool:
+    """Whether `value` beats every trial completed so far (the first one always does)."""
+    try:
+        return value > trial.study.best_value
+    except ValueError:  # no completed trial yet
+        return True

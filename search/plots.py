@@ -78,3 +78,26 @@ def mask_overlays(
     fig.suptitle(f"{title}\ngreen: true mask, red: predicted", fontsize=10)
     fig.tight_layout()
     return fig
+
+
+def gradcam_overlays(
+    images: np.ndarray,
+    heatmaps: np.ndarray,
+    y_true: np.ndarray,
+    y_pred: np.ndarray,
+    class_names: Sequence[str],
+    title: str = "",
+) -> plt.Figure:
+    """Each image with its Grad-CAM map blended in as a JET heat map, true and predicted class."""
+    n = len(images)
+    fig, axes = plt.subplots(1, n, figsize=(2.6 * n, 3.0), squeeze=False)
+    for ax, image, heat, truth, guess in zip(axes[0], images, heatmaps, y_true, y_pred,
+                                             strict=True):
+        ax.imshow(image, cmap="gray")
+        ax.imshow(heat, cmap="jet", alpha=0.4, vmin=0, vmax=1)
+        ax.set_title(f"true {class_names[truth]}\npred {class_names[guess]}", fontsize=9,
+                     color="black" if truth == guess else "red")
+        ax.axis("off")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig

@@ -14,6 +14,7 @@ import tensorflow as tf
 
 from datasets.loader import TaskData
 from datasets.pipeline import augmenter, make_dataset
+from models.gradcam import gradcam
 from models.losses import (
     encode_targets,
     loss_and_metrics,
@@ -66,7 +67,8 @@ class Classification:
         return train, val
 
     def log_artifacts(
-        self, run: TrialRun, model: keras.Model, val: tf.data.Dataset, config: Mapping, epoch: int
+        self, run: TrialRun, model: keras.Model, val: tf.data.Dataset, config: Mapping,
+        epoch: int, best_so_far: bool,
     ) -> None:
         outputs = model.predict(val, verbose=0)
         predicted = predicted_classes(outputs, config["loss"])
@@ -81,6 +83,25 @@ class Classification:
             figure, auc = plots.roc_curve(self.data.y_val, scores, names, title=title)
             run.log_figure(figure, "plots/roc_curve.png")
             run.log_metrics({"val_auc": auc})
+        gradcam = self.spec.gradcam
+        if gradcam and (gradcam["trials"] == "all" or best_so_far):
+            self._log_gradcam(run, model, predicted, gradcam["images"], title)
+
+    def _log_gradcam(
+        self, run: TrialRun, model: keras.Model, predicted: np.ndarray, n: int, title: str
+    ) -> None:
+        """Grad-CAM on a fixed set of validation images: the first n/classes of each class."""
+        y = self.data.y_val
+        per_class = max(1, n // self.data.n_classes)
+        chosen = np.concatenate([np.flatnonzero(y == c)[:per_class]
+                                 for c in range(self.data.n_classes)])
+        images = self.data.x_val[chosen]
+        heatmaps = gradcam(model, images[..., None] / 255.0)
+        run.log_figure(
+            plots.gradcam_overlays(images, heatmaps, y[chosen], predicted[chosen],
+                                   self.data.class_names, title=f"Grad-CAM, {title}"),
+            "plots/gradcam.png",
+        )
 
 
 class Segmentation:
@@ -111,7 +132,8 @@ class Segmentation:
         return train, val
 
     def log_artifacts(
-        self, run: TrialRun, model: keras.Model, val: tf.data.Dataset, config: Mapping, epoch: int
+        self, run: TrialRun, model: keras.Model, val: tf.data.Dataset, config: Mapping,
+        epoch: int, best_so_far: bool,
     ) -> None:
         n = min(self.n_overlays, len(self.data.x_val))
         images = self.data.x_val[:n]

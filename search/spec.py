@@ -30,6 +30,8 @@ class StudySpec:
     sampler: dict[str, Any]
     pruner: dict[str, Any]
     training: dict[str, Any]
+    gradcam: dict[str, Any] | None  # {"trials": "best" | "all", "images": n}, or None
+    transfer: bool  # trials train a head on features of a frozen base, extracted once
     source: str  # the study file's text, as it was loaded
 
 
@@ -115,6 +117,8 @@ def _build(name: str, raw: dict, text: str) -> StudySpec:
         sampler=raw["sampler"],
         pruner=raw["pruner"],
         training=raw["training"],
+        gradcam=gradcam_settings(raw.get("gradcam")),
+        transfer=bool(raw.get("transfer", False)),
         source=text,
     )
 
@@ -166,3 +170,13 @@ def suggest(trial: optuna.Trial, spec: StudySpec) -> dict:
                 name, dist.low, dist.high, step=dist.step, log=dist.log
             )
     return params
+
+
+def gradcam_settings(raw: dict | None) -> dict[str, Any] | None:
+    if raw is None:
+        return None
+    settings = {"trials": "best", "images": 6, **raw}
+    if settings["trials"] not in ("best", "all"):
+        raise ValueError(f"gradcam.trials = {settings['trials']!r}: choose \"best\" (each trial "
+                         "that beats the study's best so far) or \"all\" (every completed one)")
+    return settings

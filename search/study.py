@@ -8,12 +8,13 @@ from pathlib import Path
 
 import optuna
 
-from datasets import loader
+from datasets import features, loader
+from models.transfer import FeatureBase, imagenet_base, trained_base
 from search.objective import make_objective
 from search.problems import make_problem
 from search.pruners import make_pruner
 from search.spec import StudySpec
-from search.tracking import StudyTracker
+from search.tracking import StudyTracker, load_registered_model
 
 DEFAULT_STORAGE = "sqlite:///optuna.db"
 SETTINGS_ATTR = "medtune_settings"  # what a continued study must agree on
@@ -37,6 +38,7 @@ class TuneSettings:
     epochs: int
     image_size: int
     budget: str
+    base: str | None = None  # transfer tasks: ImageNet weights file, or a models:/ URI
 
 
 def resolve_settings(
@@ -51,6 +53,7 @@ def resolve_settings(
     timeout: float | None = None,
     epochs: int | None = None,
     image_size: int | None = None,
+    base: str | None = None,
 ) -> TuneSettings:
     if budget not in spec.budget:
         raise ValueError(f"unknown budget {budget!r}; choose one of: {', '.join(spec.budget)}")
@@ -66,6 +69,7 @@ def resolve_settings(
         epochs=chosen["epochs"] if epochs is None else epochs,
         image_size=chosen["image_size"] if image_size is None else image_size,
         budget=budget,
+        base=base or None,
     )
     for name in ("n_trials", "epochs", "image_size"):
         if getattr(settings, name) < 1:
@@ -95,6 +99,8 @@ def open_study(spec: StudySpec, settings: TuneSettings) -> optuna.Study:
     )
     identity = {"task": spec.name, "epochs": settings.epochs,
                 "image_size": settings.image_size, "data_dir": settings.data_dir}
+    if spec.transfer:
+        identity["base"] = settings.base
     recorded = study.user_attrs.get(SETTINGS_ATTR)
     if recorded is None:
         study.set_user_attr(SETTINGS_ATTR, identity)
@@ -114,6 +120,13 @@ def open_study(spec: StudySpec, settings: TuneSettings) -> optuna.Study:
     return study
 
 
+def feature_base(base: str | None, size: int, tracking_uri: str | None) -> FeatureBase:
+    """ImageNet VGG16 (Keras cache or a weights file), or a registered medtune VGG16."""
+    if base and base.startswith("models:/"):
+        return trained_base(load_registered_model(base, tracking_uri), base)
+    return imagenet_base(size, base)
+
+
 def finished_trials(study: optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=FINISHED))
 
@@ -128,7 +141,14 @@ def run_study(
     show_progress_bar: bool = True,
 ) -> tuple[optuna.Study, StudyTracker]:
     """Load the data once, then run trials until the study has `n_trials` finished ones."""
+    # A missing transfer base is found before any data is decoded.
+    base = feature_base(settings.base, settings.image_size, tracking_uri) if spec.transfer else None
     data = loader.load(spec.data, settings.data_dir, settings.image_size)
+    extra = {}
+    if base is not None:  # trials train only the head: extract the base's features once, up front
+        data, seconds = features.extract(data, base)
+        extra = {"transfer_base": base.identity, "features_cached": data.from_cache,
+                 "feature_seconds": round(seconds, 1)}
     study = open_study(spec, settings)
     params = {
         **{k: v for k, v in asdict(settings).items() if k != "storage"},
@@ -140,6 +160,7 @@ def run_study(
         "data_layout": data.layout,
         "n_train": len(data.y_train),
         "n_val": len(data.y_val),
+        **extra,
     }
     tracker = StudyTracker.open(
         study,

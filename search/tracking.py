@@ -228,3 +228,17 @@ def _existing_run(client: MlflowClient, run_id: str | None) -> str | None:
         return None  # the tracking store was reset: start a new parent run
     return run_id if run.info.lifecycle_stage == "active" else None
 
+
+
+def load_registered_model(uri: str, tracking_uri: str | None = None) -> keras.Model:
+    """A Keras model from the MLflow Model Registry, e.g. `models:/vgg_bone@champion`."""
+    import mlflow.keras
+
+    if tracking_uri:
+        mlflow.set_tracking_uri(tracking_uri)
+    try:
+        return mlflow.keras.load_model(uri)
+    except MlflowException as error:
+        raise ValueError(
+            f"cannot load {uri} from the MLflow Model Registry: {error.message}"
+        ) from None

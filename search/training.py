@@ -10,7 +10,6 @@ from contextlib import contextmanager
 import keras
 from tqdm import tqdm
 
-
 OPTIMIZERS = {
     "adam": keras.optimizers.Adam,
     "sgd": keras.optimizers.SGD,

@@ -6,7 +6,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
+import optuna  # noqa: E402
 import pytest  # noqa: E402
+from mlflow.tracking import MlflowClient  # noqa: E402
 from PIL import Image  # noqa: E402
 
 SHARED_MEDMNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "medmnist"
@@ -46,3 +48,43 @@ def tiny_course(tmp_path) -> Path:
     synthetic.write_xray9(root, n_train=36, n_test=18, size=32, seed=1)
     synthetic.write_lungs(root, n_pairs=20, size=32, seed=1)
     return root
+
+
+# --- running studies the way users do, against stores in a temporary folder --------------
+
+TS = optuna.trial.TrialState
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # optuna.db, mlflow.db and mlruns/ land here
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return tmp_path
+
+
+def tune(workdir, *args: str) -> int:
+    from search.cli import main
+
+    return main([
+        "tune", "--tracking-uri", f"sqlite:///{workdir}/mlflow.db",
+        "--storage", f"sqlite:///{workdir}/optuna.db", "--image-size", "32", "--epochs", "2",
+        *args,
+    ])
+
+
+def runs(workdir, experiment="medtune"):
+    client = MlflowClient(f"sqlite:///{workdir}/mlflow.db")
+    experiment_id = client.get_experiment_by_name(experiment).experiment_id
+    all_runs = client.search_runs([experiment_id], order_by=["attributes.run_name"])
+    parents = [r for r in all_runs if "medtune.trial_number" not in r.data.tags]
+    children = [r for r in all_runs if "medtune.trial_number" in r.data.tags]
+    return client, parents, children
+
+
+def finished(workdir, name):
+    """The study's trials that ran (the lab baselines not reached yet wait in the queue)."""
+    loaded = optuna.load_study(study_name=name, storage=f"sqlite:///{workdir}/optuna.db")
+    return loaded.get_trials(states=(TS.COMPLETE, TS.PRUNED, TS.FAIL))
+
+

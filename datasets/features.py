@@ -1,0 +1,35 @@
+"""Features of a frozen base, computed once per (data set, size, base) and cached on disk."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Protocol
+
+import numpy as np
+
+from datasets.cache import cached_arrays
+from datasets.loader import TaskData
+
+
+class Extractor(Protocol):
+    identity: str
+
+    def features(self, images: np.ndarray) -> np.ndarray: ...
+
+
+def extract(data: TaskData, base: Extractor) -> tuple[TaskData, float]:
+    """`data` with its images replaced by the base's features; and the seconds this took."""
+    key = {"features": base.identity, "data": data.fingerprint, "source": data.source,
+           "size": data.x_train.shape[1]}
+    started = time.monotonic()
+
+    def build() -> dict[str, np.ndarray]:
+        n = len(data.x_train) + len(data.x_val)
+        print(f"Extracting features of {n} images with the frozen base (once; then cached) ...",
+              flush=True)
+        return {"x_train": base.features(data.x_train), "x_val": base.features(data.x_val)}
+
+    arrays, from_cache = cached_arrays(key, build)
+    featured = dataclasses.replace(data, **arrays, from_cache=from_cache)
+    return featured, time.monotonic() - started

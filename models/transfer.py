@@ -1,0 +1,98 @@
+"""Transfer learning (Lab 2): a frozen convolutional base extracts features once; trials train
+only the lab's MLP head on them, which is what makes transfer learning fast.
+
+The base is VGG16's convolutional part with ImageNet weights (from the Keras cache or a file the
+user gives, since machines here cannot download them), or the convolutional part of a VGG16 that
+medtune trained and registered in the MLflow Model Registry.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+import numpy as np
+from keras import layers
+
+from models.blocks import model_input, output_layer
+from models.vgg16 import LAST_CONV
+
+IMAGENET_FILE = "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"
+
+
+def keras_cache_file() -> Path:
+    home = Path(os.environ.get("KERAS_HOME", Path.home() / ".keras"))
+    return home / "models" / IMAGENET_FILE
+
+
+class MissingWeights(ValueError):
+    pass
+
+
+@dataclass
+class FeatureBase:
+    """A frozen feature extractor and how to prepare uint8 gray images for it."""
+
+    model: keras.Model
+    prepare: Callable[[np.ndarray], np.ndarray]
+    identity: str  # what the cached features are keyed by
+
+    def features(self, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
+        return self.model.predict(self.prepare(images), batch_size=batch_size, verbose=0)
+
+
+def imagenet_base(size: int, weights: str | None = None) -> FeatureBase:
+    """VGG16 without its top, ImageNet weights from `weights` or the Keras cache."""
+    path = Path(weights).expanduser() if weights else keras_cache_file()
+    if not path.is_file():
+        raise MissingWeights(
+            f"no ImageNet weights for VGG16 at {path}, and this machine cannot download them. "
+            f"Either copy {IMAGENET_FILE} into {keras_cache_file().parent}/ (on a machine with "
+            "internet, `python -c 'import keras; keras.applications.VGG16(include_top=False)'` "
+            "puts it in ~/.keras/models/), or pass --base /path/to/vgg16_notop.h5, or pass "
+            "--base models:/<name>@champion to start from a VGG16 that medtune trained and "
+            "registered (e.g. by the vgg_bone task)."
+        )
+    model = keras.applications.VGG16(include_top=False, weights=str(path),
+                                     input_shape=(size, size, 3))
+    model.trainable = False
+
+    def prepare(images: np.ndarray) -> np.ndarray:
+        rgb = np.repeat(images[..., None], 3, axis=-1).astype("float32")  # gray -> 3 channels
+        return keras.applications.vgg16.preprocess_input(rgb)
+
+    stat = path.stat()
+    return FeatureBase(model, prepare, f"imagenet:{path}:{stat.st_size}:{stat.st_mtime_ns}")
+
+
+def trained_base(model: keras.Model, identity: str) -> FeatureBase:
+    """The convolutional part (up to `Last_ConvLayer`) of a lab VGG16 trained on gray images."""
+    try:
+        last = model.get_layer(LAST_CONV)
+    except ValueError:
+        raise ValueError(
+            f"{identity} has no layer named {LAST_CONV}: not a medtune VGG16"
+        ) from None
+    base = keras.Model(model.inputs, last.output, name="trained_base")
+    base.trainable = False
+    size = model.inputs[0].shape[1]
+
+    def prepare(images: np.ndarray) -> np.ndarray:
+        if images.shape[1] != size:
+            raise ValueError(f"{identity} takes {size}x{size} images; run with --image-size {size}")
+        return images[..., None].astype("float32") / 255.0
+
+    return FeatureBase(base, prepare, identity)
+
+
+def build_transfer_head(config: Mapping) -> keras.Model:
+    """The lab's head on cached features: Flatten -> Dense(128) -> Dropout(0.5) -> output."""
+    inputs = model_input(config)
+    x = layers.Flatten()(inputs)
+    x = layers.Dense(int(config.get("dense_units", 128)), activation="relu")(x)
+    if config.get("dropout", 0) > 0:
+        x = layers.Dropout(config["dropout"])(x)
+    return keras.Model(inputs, output_layer(x, config), name="transfer_head")
