@@ -17,7 +17,8 @@ def test_the_lab_tasks_are_there():
 def test_every_study_file_is_valid(task):
     spec = load_spec(task)
     assert spec.baselines, "a lab task enqueues its lab baselines"
-    assert {"learning_rate", "base", "batch_size"} <= set(spec.space)
+    assert {"learning_rate", "batch_size"} <= set(spec.space)
+    assert spec.transfer or "base" in spec.space  # a transfer task's base is frozen
     assert {"optimizer", "loss"} <= set(spec.space) | set(spec.fixed)
     assert spec.space["learning_rate"].log
     for baseline in spec.baselines:
