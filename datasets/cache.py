@@ -23,12 +23,17 @@ def cache_root() -> Path:
 
 
 def fingerprint(paths: Iterable[Path], root: Path) -> str:
-    """Hash of the file list with sizes and modification times: cheap, and changes with the data."""
+    """Hash of the file list and sizes: names the data set, and survives copying it elsewhere."""
     digest = hashlib.sha256()
     for path in paths:
-        stat = path.stat()
-        digest.update(f"{path.relative_to(root)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+        digest.update(f"{path.relative_to(root)}\0{path.stat().st_size}\n".encode())
     return digest.hexdigest()
+
+
+def last_change(paths: Iterable[Path]) -> int:
+    """Newest modification time (ns): with the fingerprint, it keys the cache, so a file edited
+    in place (same name and size) is decoded again."""
+    return max((path.stat().st_mtime_ns for path in paths), default=0)
 
 
 def cached_arrays(

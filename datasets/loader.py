@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from datasets import catalog, synthetic
-from datasets.cache import cache_root, cached_arrays, fingerprint
+from datasets.cache import cache_root, cached_arrays, fingerprint, last_change
 from datasets.errors import DataError
 from datasets.images import load_many, load_masks, resize_array
 from datasets.layouts import (
@@ -54,7 +54,7 @@ def load(data: str, data_dir: str | Path | None, image_size: int) -> TaskData:
     splits = file_splits(dataset, layout, root)
     every_file = [p for split in splits.values() for p in split.paths]
     key = {"layout": layout, "root": str(root), "size": image_size,
-           "files": fingerprint(every_file, root)}
+           "files": fingerprint(every_file, root), "changed": last_change(every_file)}
 
     def build() -> dict[str, np.ndarray]:
         print(f"Decoding {len(every_file)} images from {root} at {image_size}x{image_size} ...")
@@ -77,7 +77,7 @@ def load(data: str, data_dir: str | Path | None, image_size: int) -> TaskData:
 
 def _load_medmnist(dataset: catalog.DataSet, path: Path, image_size: int) -> TaskData:
     key = {"layout": "medmnist", "root": str(path), "size": image_size,
-           "files": fingerprint([path], path.parent)}
+           "files": fingerprint([path], path.parent), "changed": last_change([path])}
 
     def build() -> dict[str, np.ndarray]:
         arrays = {}
@@ -102,7 +102,7 @@ def _load_pairs(mask_set: catalog.MaskSet, data_dir: Path, image_size: int) -> T
     images, masks = mask_pairs(root)
     key = {"layout": "pairs", "root": str(root), "size": image_size,
            "split": [mask_set.val_fraction, mask_set.split_seed],
-           "files": fingerprint([*images, *masks], root)}
+           "files": fingerprint([*images, *masks], root), "changed": last_change([*images, *masks])}
 
     def build() -> dict[str, np.ndarray]:
         print(f"Decoding {len(images)} image/mask pairs from {root} at {image_size}x{image_size}")

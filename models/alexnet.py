@@ -7,15 +7,19 @@ from collections.abc import Mapping
 import keras
 from keras import layers
 
-from models.blocks import conv_block, dense_stack, model_input, output_layer, parse_widths
+from models.blocks import (
+    conv_block,
+    conv_switches,
+    dense_stack,
+    model_input,
+    output_layer,
+    parse_widths,
+)
 
 
 def build_alexnet(config: Mapping) -> keras.Model:
     base = int(config["base"])
-    switches = {
-        "batch_norm": config.get("batch_norm", False),
-        "spatial_dropout": config.get("spatial_dropout", 0.0),
-    }
+    switches = conv_switches(config)
     inputs = model_input(config)
     x = inputs
     for multiple, pool in [(1, True), (2, True), (4, False), (4, False), (2, True)]:
@@ -23,7 +27,7 @@ def build_alexnet(config: Mapping) -> keras.Model:
     x = layers.Flatten()(x)
     x = dense_stack(
         x,
-        parse_widths(config.get("dense_units", "64-64")),
+        parse_widths(config["dense_units"]),
         dropout=config.get("dropout", 0.0),
     )
     return keras.Model(inputs, output_layer(x, config), name="alexnet")

@@ -38,6 +38,14 @@ def conv_block(
     return x
 
 
+def conv_switches(config: Mapping) -> dict:
+    """The regularization switches of `conv_block`, off unless the config turns them on."""
+    return {
+        "batch_norm": bool(config.get("batch_norm", False)),
+        "spatial_dropout": float(config.get("spatial_dropout", 0.0)),
+    }
+
+
 def dense_stack(x, widths: Sequence[int], *, dropout: float = 0.0, batch_norm: bool = False):
     """Dense(w) -> [BN] -> ReLU for each width; dropout after the first two, as in the labs."""
     for i, width in enumerate(widths):

@@ -7,15 +7,12 @@ from collections.abc import Mapping
 import keras
 from keras import layers
 
-from models.blocks import conv_block, dense_stack, model_input, output_layer
+from models.blocks import conv_block, conv_switches, dense_stack, model_input, output_layer
 
 
 def build_lenet(config: Mapping) -> keras.Model:
     base = int(config["base"])
-    switches = {
-        "batch_norm": config.get("batch_norm", False),
-        "spatial_dropout": config.get("spatial_dropout", 0.0),
-    }
+    switches = conv_switches(config)
     inputs = model_input(config)
     x = conv_block(inputs, base, **switches)
     x = conv_block(x, 2 * base, **switches)

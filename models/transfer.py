@@ -92,7 +92,7 @@ def build_transfer_head(config: Mapping) -> keras.Model:
     """The lab's head on cached features: Flatten -> Dense(128) -> Dropout(0.5) -> output."""
     inputs = model_input(config)
     x = layers.Flatten()(inputs)
-    x = layers.Dense(int(config.get("dense_units", 128)), activation="relu")(x)
+    x = layers.Dense(int(config["dense_units"]), activation="relu")(x)
     if config.get("dropout", 0) > 0:
         x = layers.Dropout(config["dropout"])(x)
     return keras.Model(inputs, output_layer(x, config), name="transfer_head")

@@ -10,7 +10,14 @@ from collections.abc import Mapping
 import keras
 from keras import layers
 
-from models.blocks import conv_block, dense_stack, model_input, output_layer, parse_widths
+from models.blocks import (
+    conv_block,
+    conv_switches,
+    dense_stack,
+    model_input,
+    output_layer,
+    parse_widths,
+)
 
 LAST_CONV = "Last_ConvLayer"
 BLOCKS = [(1, 2), (2, 2), (4, 3), (8, 3), (8, 3)]  # (width multiple, convolutions)
@@ -18,10 +25,7 @@ BLOCKS = [(1, 2), (2, 2), (4, 3), (8, 3), (8, 3)]  # (width multiple, convolutio
 
 def build_vgg16(config: Mapping) -> keras.Model:
     base = int(config["base"])
-    switches = {
-        "batch_norm": config.get("batch_norm", False),
-        "spatial_dropout": config.get("spatial_dropout", 0.0),
-    }
+    switches = conv_switches(config)
     inputs = model_input(config)
     x = inputs
     for i, (multiple, n_convs) in enumerate(BLOCKS):
@@ -30,7 +34,7 @@ def build_vgg16(config: Mapping) -> keras.Model:
     x = layers.Flatten()(x)
     x = dense_stack(
         x,
-        parse_widths(config.get("dense_units", "64-64")),
+        parse_widths(config["dense_units"]),
         dropout=config.get("dropout", 0.0),
     )
     return keras.Model(inputs, output_layer(x, config), name="vgg16")

@@ -99,5 +99,45 @@ def gradcam_overlays(
                      color="black" if truth == guess else "red")
         ax.axis("off")
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.9))  # room for the title above the two-line captions
     return fig
+
+
+def study_figures(study) -> dict[str, plt.Figure]:
+    """Optuna's own study plots; a plot the study cannot make yet (too few trials) is left out."""
+    import warnings
+
+    import optuna.visualization.matplotlib as ovm
+
+    makers = {
+        "optimization_history": ovm.plot_optimization_history,
+        "param_importances": ovm.plot_param_importances,
+        "parallel_coordinate": ovm.plot_parallel_coordinate,
+        "slice": ovm.plot_slice,
+        "intermediate_values": ovm.plot_intermediate_values,  # shows where pruning cut trials
+    }
+    figures = {}
+    for name, make in makers.items():
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # "experimental" warnings of the plotting API
+                axes = make(study)
+        except (ValueError, RuntimeError, ZeroDivisionError):
+            continue
+        figure = np.ravel(axes)[0].figure
+        figure.set_size_inches(max(8, figure.get_size_inches()[0]), 5)
+        figure.tight_layout()
+        figures[name] = figure
+    return figures
+
+
+def trials_table(study):
+    """One row per trial: state, value, params, epochs run, wall time (a pandas DataFrame)."""
+    table = study.trials_dataframe(attrs=("number", "state", "value", "params", "duration",
+                                          "user_attrs"))
+    table["seconds"] = table.pop("duration").dt.total_seconds().round(1)
+    keep = [c for c in table.columns if not c.startswith("user_attrs_")] + [
+        c for c in ("user_attrs_epochs_run", "user_attrs_best_epoch",
+                    "user_attrs_pruned_at_epoch", "user_attrs_fail_reason",
+                    "user_attrs_baseline", "user_attrs_mlflow_run_id") if c in table.columns]
+    return table[keep].rename(columns=lambda c: c.removeprefix("user_attrs_"))

@@ -175,8 +175,8 @@ def suggest(trial: optuna.Trial, spec: StudySpec) -> dict:
 def gradcam_settings(raw: dict | None) -> dict[str, Any] | None:
     if raw is None:
         return None
-    settings = {"trials": "best", "images": 6, **raw}
-    if settings["trials"] not in ("best", "all"):
-        raise ValueError(f"gradcam.trials = {settings['trials']!r}: choose \"best\" (each trial "
-                         "that beats the study's best so far) or \"all\" (every completed one)")
+    settings = dict(raw)
+    if settings.get("trials") not in ("best", "all") or not isinstance(settings.get("images"), int):
+        raise ValueError("[gradcam] needs trials = \"best\" (each trial that beats the study's "
+                         "best so far) or \"all\" (every completed one), and images = <count>")
     return settings

@@ -10,6 +10,7 @@ import optuna
 
 from datasets import features, loader
 from models.transfer import FeatureBase, imagenet_base, trained_base
+from search.manifest import manifest
 from search.objective import make_objective
 from search.problems import make_problem
 from search.pruners import make_pruner
@@ -170,6 +171,14 @@ def run_study(
         tracking_uri=tracking_uri,
     )
     tracker.log_text(spec.source, f"study/{spec.name}.toml")
+    tracker.log_dict(
+        manifest(
+            settings=params, sampler=spec.sampler, pruner=spec.pruner, study_file=spec.source,
+            data={"source": data.source, "layout": data.layout, "fingerprint": data.fingerprint,
+                  "n_train": len(data.y_train), "n_val": len(data.y_val)},
+        ),
+        "manifest.json",
+    )
     objective = make_objective(
         spec, make_problem(spec, data), tracker,
         epochs=settings.epochs, seed=settings.seed, verbose=verbose,

@@ -172,6 +172,7 @@ class StudyTracker:
             raise
         finally:
             end_tags["epochs_run"] = str(run.epochs)
+            trial.set_user_attr("epochs_run", run.epochs)
             self._finish(run, status, end_tags, time.monotonic() - started)
 
     def _finish(self, run: TrialRun, status: str, tags: dict, seconds: float) -> None:
@@ -185,7 +186,8 @@ class StudyTracker:
             self.client.set_terminated(run.run_id, status)
 
     def summarize(self, study: optuna.Study) -> None:
-        """Best value and params, and how many trials completed, were pruned or failed."""
+        """Best value and params, how many trials completed, were pruned or failed, the trials
+        table and Optuna's study plots: refreshed whenever a (continued) study ends."""
         states = [t.state for t in study.trials]
         TS = optuna.trial.TrialState
         metrics = {
@@ -211,6 +213,15 @@ class StudyTracker:
             metrics=[Metric(k, float(v), stamp, 0) for k, v in metrics.items()],
             tags=[RunTag(k, v) for k, v in tags.items()],
         )
+        self.client.log_text(
+            self.parent_run_id, plots.trials_table(study).to_csv(index=False), "trials.csv"
+        )
+        for name, figure in plots.study_figures(study).items():
+            self.client.log_figure(self.parent_run_id, figure, f"study_plots/{name}.png")
+            plt.close(figure)
+
+    def log_dict(self, value: dict, path: str) -> None:
+        self.client.log_dict(self.parent_run_id, value, path)
 
     def close(self, status: str = "FINISHED") -> None:
         self.client.set_terminated(self.parent_run_id, status)

@@ -1,6 +1,7 @@
 """Whole studies on tiny data, started the way users start them, against real MLflow and Optuna
 SQLite stores: parent and child runs, per-epoch history, artifacts, pruning, failures, resume."""
 
+import json
 import os
 import subprocess
 import sys
@@ -53,6 +54,24 @@ def test_two_trial_study_logs_parent_children_epochs_and_plots(workdir, tiny_ski
         assert 0 <= child.data.metrics["val_auc"] <= 1
         summary = client.download_artifacts(child.info.run_id, "model_summary.txt", str(workdir))
         assert "Last_ConvLayer" in Path(summary).read_text()
+
+    # Study-level artifacts: the trials table, Optuna's plots, the reproducibility manifest.
+    parent_files = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"trials.csv", "manifest.json", "best_params.json", "study_plots"} <= parent_files
+    study_plots = {a.path for a in client.list_artifacts(parent.info.run_id, "study_plots")}
+    assert {"study_plots/optimization_history.png",
+            "study_plots/intermediate_values.png"} <= study_plots
+    table = Path(client.download_artifacts(parent.info.run_id, "trials.csv", str(workdir)))
+    rows = table.read_text().splitlines()
+    assert rows[0].startswith("number,state,value,params_") and "epochs_run" in rows[0]
+    assert [r.split(",")[1] for r in rows[1:3]] == ["COMPLETE", "COMPLETE"]
+    manifest = json.loads(Path(client.download_artifacts(
+        parent.info.run_id, "manifest.json", str(workdir))).read_text())
+    assert manifest["git"]["commit"] == subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    assert manifest["data"]["fingerprint"] and manifest["data"]["n_train"] == 24
+    assert manifest["settings"]["seed"] == 0 and manifest["packages"]["keras"].startswith("3.")
+    assert 'model = "vgg16"' in manifest["study_file"]
 
     out = capsys.readouterr().out
     assert "vgg_skin-t0001 epoch 2/2" in out  # per-epoch progress lines
