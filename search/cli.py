@@ -63,6 +63,14 @@ def parser() -> argparse.ArgumentParser:
     tune.add_argument("--tracking-uri", type=_optional(str),
                       help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or "
                            "sqlite:///mlflow.db)")
+    compare = commands.add_parser("compare", help="the best trials of several studies")
+    compare.add_argument("--studies", required=True,
+                         help="study names, separated by commas or spaces (e.g. task names)")
+    compare.add_argument("--storage", type=_optional(str),
+                         help="Optuna storage URL (default sqlite:///optuna.db)")
+    compare.add_argument("--top", type=_whole, default=3, help="trials per study (default 3)")
+    compare.add_argument("--experiment", default="medtune")
+    compare.add_argument("--tracking-uri", type=_optional(str))
     return top
 
 
@@ -77,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
                 spec = load_spec(name)
                 print(f"{name:16} {spec.description}")
             return 0
+        if args.command == "compare":
+            return _compare(args)
         return _tune(args, load_spec(args.task))
     except ValueError as error:  # bad input: say what and how to fix it, no traceback
         print(f"medtune: error: {error}", file=sys.stderr)
@@ -105,6 +115,26 @@ def _tune(args: argparse.Namespace, spec) -> int:
                                experiment=args.experiment,
                                show_progress_bar=sys.stderr.isatty())  # a bar in a log is noise
     _print_summary(study, tracker, spec.objective, time.monotonic() - started)
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from search import compare
+    from search.study import DEFAULT_STORAGE
+    from search.tracking import log_comparison
+
+    names = [n for n in args.studies.replace(",", " ").split() if n]
+    table = compare.best_trials(args.storage or DEFAULT_STORAGE, names, top=args.top)
+    if table.empty:
+        raise ValueError(f"no completed trials in {', '.join(names)} yet: run `medtune tune` first")
+    text = compare.markdown(table)
+    print(text)
+    run_id = log_comparison(
+        f"compare {' vs '.join(names)}",
+        {"best_trials.md": text, "best_trials.csv": table.to_csv(index=False)},
+        compare.figure(table), experiment=args.experiment, tracking_uri=args.tracking_uri,
+    )
+    print(f"logged to MLflow run {run_id}")
     return 0
 
 

@@ -141,3 +141,19 @@ def trials_table(study):
                     "user_attrs_pruned_at_epoch", "user_attrs_fail_reason",
                     "user_attrs_baseline", "user_attrs_mlflow_run_id") if c in table.columns]
     return table[keep].rename(columns=lambda c: c.removeprefix("user_attrs_"))
+
+
+def best_trials_bars(table) -> plt.Figure:
+    """Horizontal bars: each study's best trials by value, labelled with study and trial."""
+    labels = [f"{row.study} #{row.trial}" for row in table.itertuples()]
+    fig, ax = plt.subplots(figsize=(8, 0.45 * len(table) + 1.5))
+    studies = list(dict.fromkeys(table["study"]))
+    colors = plt.cm.tab10([studies.index(s) % 10 for s in table["study"]])
+    ax.barh(labels[::-1], table["value"][::-1], color=colors[::-1])
+    for y, value in enumerate(table["value"][::-1]):
+        ax.text(value, y, f" {value:.4f}", va="center", fontsize=8)
+    ax.set_xlabel(" / ".join(sorted(set(table["objective"]))))
+    ax.set_xlim(0, max(1.0, table["value"].max() * 1.1))
+    ax.set_title("best trials per study")
+    fig.tight_layout()
+    return fig

@@ -102,6 +102,7 @@ def open_study(spec: StudySpec, settings: TuneSettings) -> optuna.Study:
                 "image_size": settings.image_size, "data_dir": settings.data_dir}
     if spec.transfer:
         identity["base"] = settings.base
+    study.set_user_attr("medtune_objective", spec.objective)  # for `compare`, which has no spec
     recorded = study.user_attrs.get(SETTINGS_ATTR)
     if recorded is None:
         study.set_user_attr(SETTINGS_ATTR, identity)

@@ -253,3 +253,25 @@ def load_registered_model(uri: str, tracking_uri: str | None = None) -> keras.Mo
         raise ValueError(
             f"cannot load {uri} from the MLflow Model Registry: {error.message}"
         ) from None
+
+
+def log_comparison(
+    name: str, files: Mapping[str, str], figure: plt.Figure, *, experiment: str = "medtune",
+    tracking_uri: str | None = None,
+) -> str:
+    """A run holding a comparison's tables and plot: `mlflow run`'s own run, or a new one."""
+    client = MlflowClient(tracking_uri or mlflow.get_tracking_uri())
+    run_id = os.environ.get("MLFLOW_RUN_ID")
+    own = run_id is None
+    if own:
+        found = client.get_experiment_by_name(experiment)
+        experiment_id = found.experiment_id if found else client.create_experiment(experiment)
+        run_id = client.create_run(experiment_id, run_name=name,
+                                   tags={"medtune.kind": "compare"}).info.run_id
+    for path, text in files.items():
+        client.log_text(run_id, text, path)
+    client.log_figure(run_id, figure, "best_trials.png")
+    plt.close(figure)
+    if own:
+        client.set_terminated(run_id)
+    return run_id

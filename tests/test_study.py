@@ -229,3 +229,27 @@ def test_each_lab_task_runs_a_two_trial_study(workdir, tiny_course, task):
     if task == "gradcam_bone":  # the first trial is the best so far, so it gets Grad-CAM
         assert "plots/gradcam.png" in {a.path for a in client.list_artifacts(
             children[0].info.run_id, "plots")}
+
+
+def test_compare_lists_the_best_trial_of_each_study(workdir, tiny_skin, capsys):
+    for task in ("lenet_skin", "mlp_skin"):
+        assert tune(workdir, "--task", task, "--n-trials", "2", "--data-dir", str(tiny_skin)) == 0
+    capsys.readouterr()
+    assert main(["compare", "--studies", "lenet_skin, mlp_skin", "--top", "2",
+                 "--storage", f"sqlite:///{workdir}/optuna.db",
+                 "--tracking-uri", f"sqlite:///{workdir}/mlflow.db"]) == 0
+    out = capsys.readouterr().out
+    lines = [line for line in out.splitlines() if line.startswith("| ") and "rank" not in line]
+    for task in ("lenet_skin", "mlp_skin"):
+        best = max(finished(workdir, task), key=lambda t: t.value)
+        (first,) = [line for line in lines if line.startswith(f"| {task} | 1 |")]
+        assert f"| {best.number} | val_accuracy | {round(best.value, 4)} |" in first
+    assert len(lines) == 4
+    client, _, _ = runs(workdir)
+    (run,) = client.search_runs([client.get_experiment_by_name("medtune").experiment_id],
+                                filter_string="tags.`medtune.kind` = 'compare'")
+    assert {a.path for a in client.list_artifacts(run.info.run_id)} == {
+        "best_trials.md", "best_trials.csv", "best_trials.png"}
+    assert main(["compare", "--studies", "nope", "--storage",
+                 f"sqlite:///{workdir}/optuna.db"]) == 2
+    assert "no study 'nope'" in capsys.readouterr().err

@@ -1,0 +1,50 @@
+"""Comparing studies: the best trials of each, side by side, as a table and a plot."""
+
+from __future__ import annotations
+
+import optuna
+import pandas as pd
+
+from search import plots
+
+TS = optuna.trial.TrialState
+
+
+def best_trials(storage: str, studies: list[str], top: int = 3) -> pd.DataFrame:
+    """The `top` completed trials of each study, best first: value, epochs, params, run id."""
+    rows = []
+    for name in studies:
+        try:
+            study = optuna.load_study(study_name=name, storage=storage)
+        except KeyError:
+            known = ", ".join(optuna.get_all_study_names(storage)) or "none"
+            raise ValueError(f"no study {name!r} in {storage}; studies there: {known}") from None
+        objective = study.user_attrs.get("medtune_objective", "value")
+        done = sorted(study.get_trials(deepcopy=False, states=(TS.COMPLETE,)),
+                      key=lambda t: t.value, reverse=True)
+        for rank, trial in enumerate(done[:top], start=1):
+            rows.append({
+                "study": name, "rank": rank, "trial": trial.number, "objective": objective,
+                "value": round(trial.value, 4),
+                "best_epoch": trial.user_attrs.get("best_epoch"),
+                "seconds": round(trial.duration.total_seconds(), 1) if trial.duration else None,
+                "params": ", ".join(f"{k}={_short(v)}" for k, v in trial.params.items()),
+                "mlflow_run_id": trial.user_attrs.get("mlflow_run_id"),
+            })
+    return pd.DataFrame(rows)
+
+
+def _short(value) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+def markdown(table: pd.DataFrame) -> str:
+    """A GitHub-style Markdown table (no extra dependency for it)."""
+    columns = [c for c in table.columns if c != "mlflow_run_id"]
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(str(row[c]) for c in columns) + " |" for _, row in table.iterrows()]
+    return "\n".join(lines) + "\n"
+
+
+def figure(table: pd.DataFrame):
+    return plots.best_trials_bars(table)
