@@ -119,7 +119,7 @@ def _tune(args: argparse.Namespace, spec) -> int:
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from search import compare
+    from search import compare, plots
     from search.study import DEFAULT_STORAGE
     from search.tracking import log_comparison
 
@@ -132,7 +132,7 @@ def _compare(args: argparse.Namespace) -> int:
     run_id = log_comparison(
         f"compare {' vs '.join(names)}",
         {"best_trials.md": text, "best_trials.csv": table.to_csv(index=False)},
-        compare.figure(table), experiment=args.experiment, tracking_uri=args.tracking_uri,
+        plots.best_trials_bars(table), experiment=args.experiment, tracking_uri=args.tracking_uri,
     )
     print(f"logged to MLflow run {run_id}")
     return 0

@@ -5,8 +5,6 @@ from __future__ import annotations
 import optuna
 import pandas as pd
 
-from search import plots
-
 TS = optuna.trial.TrialState
 
 
@@ -44,7 +42,3 @@ def markdown(table: pd.DataFrame) -> str:
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(str(row[c]) for c in columns) + " |" for _, row in table.iterrows()]
     return "\n".join(lines) + "\n"
-
-
-def figure(table: pd.DataFrame):
-    return plots.best_trials_bars(table)
