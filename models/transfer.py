@@ -39,9 +39,19 @@ class FeatureBase:
     model: keras.Model
     prepare: Callable[[np.ndarray], np.ndarray]
     identity: str  # what the cached features are keyed by
+    front: list[layers.Layer]  # `prepare` as layers, from images scaled to [0, 1]
 
     def features(self, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
         return self.model.predict(self.prepare(images), batch_size=batch_size, verbose=0)
+
+    def end_to_end(self, head: keras.Model) -> keras.Model:
+        """Base and trained head as one model on (S, S, 1) images in [0, 1], like the other
+        lab models: what an exported transfer model is."""
+        inputs = keras.Input((*self.model.inputs[0].shape[1:3], 1), name="image")
+        x = inputs
+        for layer in self.front:
+            x = layer(x)
+        return keras.Model(inputs, head(self.model(x)), name=f"{head.name}_on_base")
 
 
 def imagenet_base(size: int, weights: str | None = None) -> FeatureBase:
@@ -65,7 +75,18 @@ def imagenet_base(size: int, weights: str | None = None) -> FeatureBase:
         return keras.applications.vgg16.preprocess_input(rgb)
 
     stat = path.stat()
-    return FeatureBase(model, prepare, f"imagenet:{path}:{stat.st_size}:{stat.st_mtime_ns}")
+    return FeatureBase(model, prepare, f"imagenet:{path}:{stat.st_size}:{stat.st_mtime_ns}",
+                       [_imagenet_preprocessing()])
+
+
+def _imagenet_preprocessing() -> layers.Layer:
+    """`preprocess_input` of a gray image as a frozen 1x1 convolution: each of the three
+    channels is 255 * x minus the channel's ImageNet mean (caffe style, BGR order)."""
+    conv = layers.Conv2D(3, 1, name="imagenet_preprocessing", trainable=False)
+    conv.build((None, None, None, 1))
+    conv.set_weights([np.full((1, 1, 1, 3), 255.0, "float32"),
+                      -np.array([103.939, 116.779, 123.68], "float32")])
+    return conv
 
 
 def trained_base(model: keras.Model, identity: str) -> FeatureBase:
@@ -85,7 +106,7 @@ def trained_base(model: keras.Model, identity: str) -> FeatureBase:
             raise ValueError(f"{identity} takes {size}x{size} images; run with --image-size {size}")
         return images[..., None].astype("float32") / 255.0
 
-    return FeatureBase(base, prepare, identity)
+    return FeatureBase(base, prepare, identity, [])  # it takes [0, 1] images already
 
 
 def build_transfer_head(config: Mapping) -> keras.Model:

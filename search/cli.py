@@ -1,11 +1,18 @@
-"""`medtune` / `python -m search.cli`: list the tasks, or tune one of them."""
+"""`medtune` (`python -m search.cli`): list tasks, tune one, compare studies, export the best."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import functools
 import os
+import subprocess
 import sys
 import time
+
+WORKER_ENV = "MEDTUNE_WORKER"  # set in the processes `--workers N` starts
+STARTED_ENV = "MEDTUNE_STARTED"  # when a restarted worker first started (its timeout counts on)
+RESTART = 75  # main() asks its caller to restart this process (memory, see MemoryGuard)
 
 
 def _optional(kind):
@@ -47,6 +54,8 @@ def parser() -> argparse.ArgumentParser:
     tune.add_argument("--timeout", type=_optional(float),
                       help="start no new trial after S seconds (budget's default; 0: no limit)")
     tune.add_argument("--epochs", type=_optional(_whole), help="max epochs per trial")
+    tune.add_argument("--epoch-budget", type=_optional(_whole),
+                      help="stop once all trials together have trained this many epochs")
     tune.add_argument("--image-size", type=_optional(_whole), help="square input size in pixels")
     tune.add_argument("--data-dir", type=_optional(str),
                       help="course data folder, its data set folder, or a MedMNIST .npz "
@@ -57,12 +66,31 @@ def parser() -> argparse.ArgumentParser:
     tune.add_argument("--base", type=_optional(str),
                       help="transfer tasks: VGG16 ImageNet weights file (default: the Keras "
                            "cache), or models:/<name>@<alias> for a registered medtune VGG16")
+    tune.add_argument("--engine", default="optuna",
+                      help="optuna (default: TPE, pruning, lab baselines first) or keras-tuner "
+                           "(Hyperband; its own study, <task>-keras-tuner)")
+    tune.add_argument("--workers", type=_whole, default=1,
+                      help="processes sharing the study on this machine (default 1); for "
+                           "several machines start the same command on each (see README)")
     tune.add_argument("--seed", type=_whole, default=0)
     tune.add_argument("--experiment", default="medtune",
                       help="MLflow experiment when not started by `mlflow run`")
     tune.add_argument("--tracking-uri", type=_optional(str),
                       help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or "
                            "sqlite:///mlflow.db)")
+    export = commands.add_parser(
+        "export", help="replay a study's best trial and register its model as champion")
+    export.add_argument("--study", required=True, help="study name (the task name by default)")
+    export.add_argument("--storage", type=_optional(str),
+                        help="Optuna storage URL (default sqlite:///optuna.db)")
+    export.add_argument("--name", type=_optional(str),
+                        help="registered model name (default: the study name)")
+    export.add_argument("--tolerance", type=_optional(float),
+                        help="refuse to register when the replay misses the recorded value by "
+                             "more than this (default 0.02)")
+    export.add_argument("--experiment", default="medtune")
+    export.add_argument("--tracking-uri", type=_optional(str))
+
     compare = commands.add_parser("compare", help="the best trials of several studies")
     compare.add_argument("--studies", required=True,
                          help="study names, separated by commas or spaces (e.g. task names)")
@@ -87,19 +115,23 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "compare":
             return _compare(args)
-        return _tune(args, load_spec(args.task))
+        if args.command == "export":
+            return _export(args)
+        return _tune(args, load_spec(args.task), sys.argv[1:] if argv is None else argv)
     except ValueError as error:  # bad input: say what and how to fix it, no traceback
         print(f"medtune: error: {error}", file=sys.stderr)
         return 2
 
 
-def _tune(args: argparse.Namespace, spec) -> int:
+def _tune(args: argparse.Namespace, spec, argv: list[str]) -> int:
+    from search.recovery import MemoryGuard
     from search.study import mask_password, resolve_settings, run_study
 
     settings = resolve_settings(
         spec, budget=args.budget, study_name=args.study, storage=args.storage,
         data_dir=args.data_dir, seed=args.seed, n_trials=args.n_trials, timeout=args.timeout,
-        epochs=args.epochs, image_size=args.image_size, base=args.base,
+        epochs=args.epochs, image_size=args.image_size, base=args.base, engine=args.engine,
+        epoch_budget=args.epoch_budget,
     )
     print(
         f"medtune: {spec.name} ({spec.description})\n"
@@ -107,15 +139,51 @@ def _tune(args: argparse.Namespace, spec) -> int:
         f"{settings.image_size}x{settings.image_size} images"
         + (f", timeout {settings.timeout:g} s" if settings.timeout else "") + "\n"
         f"  data: {settings.data_dir or 'embedded synthetic set (no --data-dir given)'}\n"
-        f"  study {settings.study_name!r} in {mask_password(settings.storage)}",
+        f"  study {settings.study_name!r} in {mask_password(settings.storage)}"
+        + (f", engine {settings.engine}" if settings.engine != "optuna" else ""),
         flush=True,
     )
     started = time.monotonic()
-    study, tracker = run_study(spec, settings, tracking_uri=args.tracking_uri,
-                               experiment=args.experiment,
-                               show_progress_bar=sys.stderr.isatty())  # a bar in a log is noise
+    if settings.timeout and STARTED_ENV in os.environ:  # a restarted worker: same deadline
+        spent = time.time() - float(os.environ[STARTED_ENV])
+        settings = dataclasses.replace(settings, timeout=max(1.0, settings.timeout - spent))
+    run = functools.partial(run_study, spec, tracking_uri=args.tracking_uri,
+                            experiment=args.experiment)
+    if args.workers > 1:
+        if settings.engine != "optuna":
+            raise ValueError(f"the {settings.engine} engine runs in one process: drop --workers")
+        run(dataclasses.replace(settings, n_trials=0))  # the study and its parent run, once
+        failed = _run_workers(args.workers, argv)
+        study, tracker = run(dataclasses.replace(settings, n_trials=0))  # the final summary
+    else:
+        failed = 0
+        # A bar in a log, or from each of several workers, is noise.
+        bar = sys.stderr.isatty() and WORKER_ENV not in os.environ
+        guard = MemoryGuard(spec.recovery["restart_after_growth_mb"])
+        study, tracker = run(settings, show_progress_bar=bar, guard=guard)
+        if guard.exceeded:
+            print(f"medtune: {guard.exceeded}; restarting this worker to release it "
+                  "(the study continues where it is)", flush=True)
+            return RESTART
     _print_summary(study, tracker, spec.objective, time.monotonic() - started)
+    if failed:
+        print(f"medtune: error: {failed} of {args.workers} workers failed (see their output "
+              "above); run the same command again to continue the study", file=sys.stderr)
+        return 1
     return 0
+
+
+def _run_workers(n: int, argv: list[str]) -> int:
+    """Start `n` processes of this same command, one worker each; wait; count failures."""
+    own = [a for i, a in enumerate(argv)
+           if a != "--workers" and (i == 0 or argv[i - 1] != "--workers")
+           and not a.startswith("--workers=")]
+    command = [sys.executable, "-m", "search.cli", *own]
+    workers = [subprocess.Popen(command, env={**os.environ, WORKER_ENV: str(i)})
+               for i in range(n)]
+    print(f"medtune: {n} workers started (pids {', '.join(str(w.pid) for w in workers)})",
+          flush=True)
+    return sum(w.wait() != 0 for w in workers)
 
 
 def _compare(args: argparse.Namespace) -> int:
@@ -138,6 +206,25 @@ def _compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    from search.export import DEFAULT_TOLERANCE, export_best
+    from search.study import DEFAULT_STORAGE
+
+    tolerance = DEFAULT_TOLERANCE if args.tolerance is None else args.tolerance
+    done = export_best(args.study, args.storage or DEFAULT_STORAGE, name=args.name,
+                       tolerance=tolerance, tracking_uri=args.tracking_uri,
+                       experiment=args.experiment)
+    model = done.registered
+    print(f"\nreplayed trial {done.trial}: {done.replayed:.4f} (recorded {done.recorded:.4f}, "
+          f"tolerance {tolerance})")
+    print(f"registered {model.name} version {model.version} as champion"
+          + (f"; version {model.previous} is now challenger" if model.previous else ""))
+    print(f"  predict: mlflow.pyfunc.load_model({model.model_uri!r}).predict(['image.png'])")
+    print(f"  serve:   mlflow models serve -m {model.model_uri} --env-manager local -p 5001")
+    print(f"  Keras:   mlflow.keras.load_model({model.keras_uri!r})")
+    return 0
+
+
 def _print_summary(study, tracker, objective: str, seconds: float) -> None:
     import optuna
 
@@ -157,5 +244,18 @@ def _print_summary(study, tracker, objective: str, seconds: float) -> None:
     print(f"look at it:              {tracker.ui_hint()}")
 
 
+def run() -> None:
+    """The `medtune` command: `main`, restarting the process when a worker asks for it."""
+    code = main()
+    if code == RESTART:
+        os.environ.setdefault(STARTED_ENV, str(PROCESS_STARTED))
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.execv(sys.executable, [sys.executable, "-m", "search.cli", *sys.argv[1:]])
+    sys.exit(code)
+
+
+PROCESS_STARTED = time.time()
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

@@ -5,6 +5,8 @@ from __future__ import annotations
 import optuna
 import pandas as pd
 
+from search.recovery import open_storage
+
 TS = optuna.trial.TrialState
 
 
@@ -13,9 +15,9 @@ def best_trials(storage: str, studies: list[str], top: int = 3) -> pd.DataFrame:
     rows = []
     for name in studies:
         try:
-            study = optuna.load_study(study_name=name, storage=storage)
+            study = optuna.load_study(study_name=name, storage=open_storage(storage))
         except KeyError:
-            known = ", ".join(optuna.get_all_study_names(storage)) or "none"
+            known = ", ".join(optuna.get_all_study_names(open_storage(storage))) or "none"
             raise ValueError(f"no study {name!r} in {storage}; studies there: {known}") from None
         objective = study.user_attrs.get("medtune_objective", "value")
         done = sorted(study.get_trials(deepcopy=False, states=(TS.COMPLETE,)),

@@ -41,7 +41,7 @@ def manifest(
 ) -> dict[str, Any]:
     return {
         "settings": settings,  # the seed among them: sampler seed, and seed + n for trial n
-        "sampler": {"type": "TPESampler", **sampler},
+        "sampler": {"type": "tpe", **sampler},
         "pruner": pruner,
         "data": data,
         "git": git_commit(),

@@ -7,22 +7,21 @@ trains and logs. What differs between kinds of task (the data fed, the artifacts
 
 from __future__ import annotations
 
-import io
 from collections.abc import Callable
 
-import keras
 import optuna
 from optuna_integration import KerasPruningCallback
 
-from models import build_model
+from search.checkpoints import Checkpoint
 from search.problems import Classification, Segmentation
+from search.recovery import OWNER_ATTR, owner_id, retried_from
 from search.spec import StudySpec, suggest
 from search.tracking import StudyTracker
 from search.training import (
     EpochLines,
     best_epoch,
     check_finite,
-    compile_model,
+    fit,
     fresh_keras_session,
 )
 
@@ -34,40 +33,40 @@ def make_objective(
     *,
     epochs: int,
     seed: int,
+    storage: str,
     verbose: bool = True,
 ) -> Callable[[optuna.Trial], float]:
     monitor = spec.objective
 
     def objective(trial: optuna.Trial) -> float:
+        trial.set_user_attr(OWNER_ATTR, owner_id())  # first: a dead owner fails the trial
         params = suggest(trial, spec)
         config = problem.config(params)
         fixed = {**spec.fixed, "epochs": epochs, "input_shape": config["input_shape"]}
+        # A retry of a dead worker's trial keeps the trial's seed and resumes its checkpoint.
+        origin = retried_from(trial)
+        number = trial.number if origin is None else origin
+        checkpoint = Checkpoint.of_trial(storage, trial.study.study_name, number,
+                                         spec.recovery["checkpoint_every_s"])
         with tracker.trial_run(trial, params, fixed) as run, fresh_keras_session():
-            trial_seed = seed + trial.number  # a replay with the same seed retrains the same way
-            keras.utils.set_random_seed(trial_seed)
-            model = build_model(spec.model, config)
-            compile_model(model, config, *problem.loss_and_metrics(config))
-            run.log_text(summary_text(model), "model_summary.txt")
-            train, val = problem.datasets(config, trial_seed)
+            trial_seed = seed + number  # a replay with the same seed retrains the same way
+            trial.set_user_attr("seed", trial_seed)
+
+            def resume(model) -> int:
+                done = checkpoint.restore(model)
+                run.resumed(checkpoint.history, done)
+                return done
 
             lines = [EpochLines(run.name, epochs)] if verbose else []
-            model.fit(
-                train,
-                validation_data=val,
-                epochs=epochs,
-                shuffle=False,  # `train` reshuffles itself every epoch
-                verbose=0,
-                callbacks=[
-                    *lines,
-                    run.keras_callback(),  # before pruning, so a pruned epoch is still logged
-                    keras.callbacks.TerminateOnNaN(),
-                    keras.callbacks.EarlyStopping(
-                        monitor, mode="max", restore_best_weights=True,
-                        patience=spec.training["early_stopping_patience"],
-                    ),
-                    KerasPruningCallback(trial, monitor),
-                ],
-            )
+            try:
+                model, _, val = fit(
+                    spec, problem, config, epochs=epochs, seed=trial_seed,
+                    callbacks=[*lines, run.keras_callback(), checkpoint.callback()],
+                    pruning=KerasPruningCallback(trial, monitor),
+                    restore=resume if origin is not None and checkpoint.exists() else None,
+                )
+            finally:
+                checkpoint.remove()  # only a killed worker leaves its checkpoint behind
             check_finite(run.history)
             value, epoch = best_epoch(run.history[monitor])
 
@@ -78,12 +77,6 @@ def make_objective(
             return value
 
     return objective
-
-
-def summary_text(model: keras.Model) -> str:
-    out = io.StringIO()
-    model.summary(print_fn=lambda line, **_: out.write(line + "\n"))
-    return out.getvalue()
 
 
 def improves(trial: optuna.Trial, value: float) -> bool:

@@ -10,6 +10,7 @@ matplotlib.use("Agg")  # no display on training machines
 
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 from sklearn.metrics import ConfusionMatrixDisplay, RocCurveDisplay  # noqa: E402
 
@@ -135,7 +136,10 @@ def trials_table(study):
     """One row per trial: state, value, params, epochs run, wall time (a pandas DataFrame)."""
     table = study.trials_dataframe(attrs=("number", "state", "value", "params", "duration",
                                           "user_attrs"))
-    table["seconds"] = table.pop("duration").dt.total_seconds().round(1)
+    if table.empty:
+        return table
+    # Only queued trials so far: no durations yet, so the column holds no time deltas.
+    table["seconds"] = pd.to_timedelta(table.pop("duration")).dt.total_seconds().round(1)
     keep = [c for c in table.columns if not c.startswith("user_attrs_")] + [
         c for c in ("user_attrs_epochs_run", "user_attrs_best_epoch",
                     "user_attrs_pruned_at_epoch", "user_attrs_fail_reason",

@@ -30,6 +30,7 @@ class StudySpec:
     sampler: dict[str, Any]
     pruner: dict[str, Any]
     training: dict[str, Any]
+    recovery: dict[str, Any]  # dead workers' trials: heartbeat, retries, epoch checkpoints
     gradcam: dict[str, Any] | None  # {"trials": "best" | "all", "images": n}, or None
     transfer: bool  # trials train a head on features of a frozen base, extracted once
     source: str  # the study file's text, as it was loaded
@@ -117,6 +118,7 @@ def _build(name: str, raw: dict, text: str) -> StudySpec:
         sampler=raw["sampler"],
         pruner=raw["pruner"],
         training=raw["training"],
+        recovery=raw["recovery"],
         gradcam=gradcam_settings(raw.get("gradcam")),
         transfer=bool(raw.get("transfer", False)),
         source=text,

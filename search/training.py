@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-import gc
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 
 import keras
+import tensorflow as tf
 from tqdm import tqdm
+
+from models import build_model
 
 OPTIMIZERS = {
     "adam": keras.optimizers.Adam,
@@ -31,14 +33,53 @@ def compile_model(model: keras.Model, config: Mapping, loss, metrics: list) -> N
     model.compile(optimizer=optimizer, loss=loss, metrics=metrics)
 
 
+def fit(
+    spec, problem, config: Mapping, *, epochs: int, seed: int,
+    callbacks: Sequence[keras.callbacks.Callback] = (),
+    pruning: keras.callbacks.Callback | None = None,
+    restore: Callable[[keras.Model], int] | None = None,
+) -> tuple[keras.Model, dict[str, list[float]], tf.data.Dataset]:
+    """Build, compile and train one configuration the way every trial does: seeded, stopped
+    early on the objective with the best epoch's weights restored, and stopped on NaN.
+
+    `callbacks` see every epoch first (loggers); `pruning` goes last, so a pruned epoch is
+    still logged. A replay (`search.export`) calls this with the trial's config and seed.
+    `restore` loads a checkpoint into the compiled model and says how many epochs it had done.
+    Returns the model, its history and the validation data it was judged on.
+    """
+    keras.utils.set_random_seed(seed)
+    model = build_model(spec.model, config)
+    compile_model(model, config, *problem.loss_and_metrics(config))
+    initial_epoch = restore(model) if restore else 0
+    train, val = problem.datasets(config, seed)
+    history = model.fit(
+        train,
+        validation_data=val,
+        epochs=epochs,
+        initial_epoch=initial_epoch,
+        shuffle=False,  # `train` reshuffles itself every epoch
+        verbose=0,
+        callbacks=[
+            *callbacks,
+            keras.callbacks.TerminateOnNaN(),
+            keras.callbacks.EarlyStopping(
+                spec.objective, mode="max", restore_best_weights=True,
+                patience=spec.training["early_stopping_patience"],
+            ),
+            *([pruning] if pruning is not None else []),
+        ],
+    )
+    return model, {k: [float(v) for v in vs] for k, vs in history.history.items()}, val
+
+
 @contextmanager
 def fresh_keras_session() -> Iterator[None]:
-    """Free the trial's graph and tensors when it ends, so memory stays flat over a study."""
+    """Free the trial's graph and tensors when it ends (`clear_session` also runs the garbage
+    collector: once per trial is enough, more cost seconds on a large heap)."""
     try:
         yield
     finally:
         keras.backend.clear_session()
-        gc.collect()
 
 
 def best_epoch(values: list[float]) -> tuple[float, int]:

@@ -10,14 +10,24 @@ import optuna  # noqa: E402
 import pytest  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 from PIL import Image  # noqa: E402
+from servers import mlflow_server, postgres_url  # noqa: E402, F401
 
 SHARED_MEDMNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "medmnist"
 
 
 @pytest.fixture(autouse=True)
 def isolated_cache(tmp_path_factory, monkeypatch):
-    """Every test gets its own decoded-array cache, so no test reads another's arrays."""
+    """Every test gets its own decoded-array cache, so no test reads another's arrays, and its
+    own checkpoint folder."""
     monkeypatch.setenv("MEDTUNE_CACHE", str(tmp_path_factory.mktemp("cache")))
+    monkeypatch.setenv("MEDTUNE_CHECKPOINTS", str(tmp_path_factory.mktemp("checkpoints")))
+
+
+@pytest.fixture(autouse=True)
+def no_settle_pause(monkeypatch):
+    """In-process studies have one worker: no pause for others to record their parent run
+    (worker processes that tests start keep the pause)."""
+    monkeypatch.setattr("search.tracking.SETTLE_SECONDS", 0.0)
 
 
 def write_png(path: Path, seed: int, size: int = 40, mode: str = "L") -> Path:

@@ -253,3 +253,15 @@ def test_compare_lists_the_best_trial_of_each_study(workdir, tiny_skin, capsys):
     assert main(["compare", "--studies", "nope", "--storage",
                  f"sqlite:///{workdir}/optuna.db"]) == 2
     assert "no study 'nope'" in capsys.readouterr().err
+
+
+def test_a_random_sampler_and_an_epoch_budget_from_the_study_file(workdir, tiny_skin):
+    """`[sampler] type = "random"` replaces TPE; --epoch-budget stops the study once its
+    trials have trained that many epochs in all (here after the second 2-epoch trial)."""
+    task = custom_study(workdir, '[sampler]\ntype = "random"\n\n[pruner]\ntype = "none"\n')
+    assert tune(workdir, "--task", task, "--n-trials", "6", "--epoch-budget", "3",
+                "--data-dir", str(tiny_skin)) == 0
+    assert [t.user_attrs["epochs_run"] for t in finished(workdir, "custom")] == [2, 2]
+    client, (parent,), _ = runs(workdir)
+    path = client.download_artifacts(parent.info.run_id, "manifest.json", str(workdir))
+    assert json.loads(Path(path).read_text())["sampler"] == {"type": "random"}

@@ -71,3 +71,15 @@ def test_registered_medtune_vgg16_as_the_base(workdir, tiny_course):
     _, (parent,), (child,) = runs(workdir)
     assert parent.data.params["transfer_base"] == "models:/bone_vgg/1"
     assert child.data.params["input_shape"] == "(2, 2, 16)"  # Last_ConvLayer: 32/16 px, 8b
+
+
+def test_end_to_end_model_matches_features_then_head(weights_file):
+    """The exported transfer model (base + head) predicts what the head does on cached
+    features: the preprocessing as layers equals `prepare`."""
+    base = imagenet_base(32, str(weights_file))
+    head = build_model("transfer_head", {"input_shape": base.model.output_shape[1:],
+                                         "dense_units": 8, "n_classes": 2, "loss": "bce"})
+    images = np.random.default_rng(0).integers(0, 256, (3, 32, 32), dtype="uint8")
+    expected = head.predict(base.features(images), verbose=0)
+    joined = base.end_to_end(head).predict(images[..., None] / 255.0, verbose=0)
+    np.testing.assert_allclose(joined, expected, rtol=1e-4, atol=1e-5)

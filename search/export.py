@@ -1,0 +1,126 @@
+"""`medtune export`: retrain a study's best trial exactly as it ran (same params, same seed),
+check that the replay reaches the recorded value, and register that model as `champion`.
+
+The replay is the gate: a recorded value that cannot be reproduced (data changed since, code
+changed, a tampered storage) is not a model to promote, so the export is refused and both values
+are logged for a person to look at.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib import metadata
+
+import optuna
+
+from datasets import features, loader
+from search.predictor import preprocessing
+from search.problems import make_problem
+from search.recovery import open_storage
+from search.spec import load_spec
+from search.study import SETTINGS_ATTR, feature_base, mask_password
+from search.tracking import Registered, export_run, register_model
+from search.training import EpochLines, best_epoch, check_finite, fit, fresh_keras_session
+
+DEFAULT_TOLERANCE = 0.02  # on the objective, e.g. accuracy 0.875 replayed as 0.86 still passes
+SERVED_PACKAGES = ("tensorflow-cpu", "keras", "mlflow", "numpy", "pandas", "pillow")
+
+
+class ReplayMismatch(ValueError):
+    """The best trial's value could not be reproduced within the tolerance."""
+
+
+@dataclass
+class Export:
+    registered: Registered
+    trial: int
+    recorded: float
+    replayed: float
+
+
+def requirements() -> list[str]:
+    """What a served model needs, pinned to the versions it was trained with."""
+    pins = []
+    for name in SERVED_PACKAGES:
+        try:
+            pins.append(f"{name}=={metadata.version(name)}")
+        except metadata.PackageNotFoundError:  # e.g. `tensorflow` installed instead of -cpu
+            continue
+    return pins
+
+
+def best_trial(study_name: str, storage: str) -> tuple[optuna.Study, optuna.trial.FrozenTrial]:
+    try:
+        study = optuna.load_study(study_name=study_name, storage=open_storage(storage))
+    except KeyError:
+        raise ValueError(
+            f"no study {study_name!r} in {mask_password(storage)}: run `medtune tune` for it "
+            "first, or give the --storage it ran in"
+        ) from None
+    if SETTINGS_ATTR not in study.user_attrs:
+        raise ValueError(f"study {study_name!r} was not made by medtune (no {SETTINGS_ATTR})")
+    try:
+        return study, study.best_trial
+    except ValueError:
+        raise ValueError(
+            f"study {study_name!r} has no completed trial yet: let `medtune tune` finish one"
+        ) from None
+
+
+def export_best(
+    study_name: str,
+    storage: str,
+    *,
+    name: str | None = None,
+    tolerance: float = DEFAULT_TOLERANCE,
+    tracking_uri: str | None = None,
+    experiment: str = "medtune",
+    verbose: bool = True,
+) -> Export:
+    if tolerance < 0:
+        raise ValueError(f"tolerance must be >= 0, got {tolerance}")
+    study, best = best_trial(study_name, storage)
+    recorded = study.user_attrs[SETTINGS_ATTR]  # the data and sizes the study was run with
+    spec = load_spec(recorded["task"])
+    size, epochs = recorded["image_size"], recorded["epochs"]
+    base = feature_base(recorded.get("base"), size, tracking_uri) if spec.transfer else None
+    data = loader.load(spec.data, recorded["data_dir"], size)
+    if base is not None:
+        data, _ = features.extract(data, base)
+    problem = make_problem(spec, data)
+    config = problem.config(best.params)
+    seed = best.user_attrs.get("seed", best.number)  # studies before the attr ran with seed 0
+
+    params = {"study": study_name, "storage": mask_password(storage), "task": spec.name,
+              "trial": best.number, "seed": seed, "epochs": epochs, "image_size": size,
+              "tolerance": tolerance, **best.params}
+    tags = {"medtune.study": study_name, "medtune.task": spec.name,
+            "medtune.replayed_trial": str(best.number),
+            "replayed_run_id": best.user_attrs.get("mlflow_run_id", "")}
+    with export_run(f"export {study_name}", params, tags, experiment=experiment,
+                    tracking_uri=tracking_uri) as run, fresh_keras_session():
+        label = f"replay of {study_name} trial {best.number}"
+        lines = [EpochLines(label, epochs)] if verbose else []
+        model, history, _ = fit(spec, problem, config, epochs=epochs, seed=seed,
+                                callbacks=[*lines, run.keras_callback()])
+        check_finite(history)
+        replayed, _ = best_epoch(history[spec.objective])
+        run.log_metrics({"recorded_value": best.value, "replayed_value": replayed,
+                         "replay_difference": replayed - best.value})
+        if abs(replayed - best.value) > tolerance:
+            raise ReplayMismatch(
+                f"trial {best.number} of {study_name!r} recorded {spec.objective} "
+                f"{best.value:.4f}, but replaying it (same params, seed {seed}) gave "
+                f"{replayed:.4f}, off by more than the tolerance {tolerance}. Not registered. "
+                "Has the data or the code changed since the study ran? Re-run the study, or "
+                "raise --tolerance if this variation is expected."
+            )
+        if base is not None:
+            model = base.end_to_end(model)
+        kind = "segmentation" if data.layout == "pairs" else "classification"
+        registered = register_model(
+            run, model,
+            preprocessing(spec.name, kind, size, data.class_names, config.get("loss", "")),
+            name or study_name, requirements(),
+        )
+    return Export(registered, best.number, best.value, replayed)

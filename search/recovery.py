@@ -1,0 +1,184 @@
+"""Trials whose worker died: found, failed with the reason, and retried.
+
+A killed, pre-empted or out-of-memory worker leaves its trial RUNNING for ever. Two detectors:
+
+- the owner check: each trial records `host:pid:start` of its process; a RUNNING trial whose
+  process is gone from this host is dead at once (any storage, journal files included);
+- Optuna's heartbeat, with database storages: a trial without a heartbeat for `grace_period`
+  seconds is dead, whichever host ran it.
+
+A dead trial becomes FAIL in Optuna and FAILED in MLflow, with the reason, and is retried with
+the same params (as Optuna's `RetryHeartbeatStaleTrialCallback` does, with the trial's own
+attributes left out); the retry resumes from its last epoch checkpoint (`search.checkpoints`).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import optuna
+from optuna.storages import JournalStorage, RDBStorage
+from optuna.storages.journal import JournalFileBackend
+from sqlalchemy.exc import IntegrityError, ProgrammingError
+
+if TYPE_CHECKING:
+    from search.tracking import StudyTracker
+
+OWNER_ATTR = "owner"  # "host:pid:start" of the process running the trial
+RETRY_OF = "retry_of"  # a retried trial: the number of the trial it repeats
+RUN_ATTRS = (OWNER_ATTR, "mlflow_run_id", "fail_reason", "seed", "epochs_run", "pruned_at_epoch")
+JOURNAL = "journal:"  # journal:path/to/study.log, Optuna's file storage for several processes
+
+
+def _started(pid: int) -> str | None:
+    """The process's start time in clock ticks (Linux), which tells a reused pid apart."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def owner_id(pid: int | None = None) -> str:
+    pid = pid or os.getpid()
+    return f"{socket.gethostname()}:{pid}:{_started(pid) or ''}"
+
+
+def owner_alive(owner: str) -> bool | None:
+    """False when the owner ran on this host and is gone; None when this host cannot tell."""
+    host, pid, started = owner.rsplit(":", 2)
+    if host != socket.gethostname():
+        return None  # another machine's worker: the heartbeat decides
+    if not Path("/proc").is_dir():  # not Linux: ask the kernel about the pid alone
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+    return _started(int(pid)) == started and started != ""
+
+
+def open_storage(url: str) -> str | optuna.storages.BaseStorage:
+    """A storage to read a study from: a journal file, or any URL Optuna takes."""
+    return JournalStorage(JournalFileBackend(url.removeprefix(JOURNAL))) if url.startswith(
+        JOURNAL) else url
+
+
+class Recovery:
+    """Fails dead workers' trials with the reason, in Optuna and MLflow, and retries them."""
+
+    def __init__(self, settings: Mapping[str, Any]):
+        self.settings = settings
+        self.tracker: StudyTracker | None = None  # bound once the study's parent run is open
+
+    def storage(self, url: str) -> optuna.storages.BaseStorage:
+        """The Optuna storage for `url`, with heartbeats where the storage has them."""
+        if url.startswith(JOURNAL):
+            return open_storage(url)
+        engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
+        for attempt in range(3):
+            try:
+                return RDBStorage(
+                    url,
+                    engine_kwargs=engine,  # SQLite: wait for another worker's write, not fail
+                    heartbeat_interval=self.settings["heartbeat_interval"],
+                    grace_period=self.settings["grace_period"],
+                    heartbeat_stale_trial_callback=self._stale,
+                )
+            except (IntegrityError, ProgrammingError):
+                # Workers starting together on a new database both create Optuna's tables;
+                # one loses that race, and then finds the other's tables.
+                if attempt == 2:
+                    raise
+                time.sleep(1.0 + attempt)
+        raise AssertionError("unreachable")
+
+    def _stale(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        # Optuna has failed the trial already.
+        self._failed(study, trial, f"worker lost: no heartbeat for {self.settings['grace_period']}"
+                                   " s (killed, pre-empted or hung)")
+
+    def fail_orphans(self, study: optuna.Study, *_: Any) -> None:
+        """Fail the RUNNING trials whose process on this host is gone. Also an Optuna callback,
+        so a worker checks after each of its trials."""
+        for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+            owner = trial.user_attrs.get(OWNER_ATTR)
+            if not owner or owner_alive(owner) is not False:
+                continue
+            reason = f"worker process {owner} died during the trial (killed or out of memory)"
+            try:  # another worker may fail it first: then that worker reports and retries it
+                study._storage.set_trial_user_attr(trial._trial_id, "fail_reason", reason)
+                study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
+            except (ValueError, RuntimeError, optuna.exceptions.UpdateFinishedTrialError):
+                continue
+            self._failed(study, trial, reason)
+
+    def _failed(self, study: optuna.Study, trial: optuna.trial.FrozenTrial, reason: str) -> None:
+        if self.tracker is not None:
+            self.tracker.end_dead_run(trial.user_attrs.get("mlflow_run_id"), reason,
+                                      epochs=len(trial.intermediate_values))
+        self._retry(study, trial)
+
+    def _retry(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        """Queue the trial again, as Optuna's retry callback does, but without the dead run's
+        own attributes: a retry still carrying the dead owner would look dead itself."""
+        history = [*trial.user_attrs.get("retry_history", []), trial.number]
+        if len(history) > self.settings["retries"]:
+            return
+        kept = {k: v for k, v in trial.user_attrs.items() if k not in RUN_ATTRS}
+        study.add_trial(optuna.trial.create_trial(
+            state=optuna.trial.TrialState.WAITING,
+            params=trial.params,
+            distributions=trial.distributions,
+            user_attrs={**kept, RETRY_OF: kept.get(RETRY_OF, trial.number),
+                        "retry_history": history},
+            intermediate_values=trial.intermediate_values,  # the pruner sees the whole curve
+        ))
+
+
+def retried_from(trial: optuna.Trial) -> int | None:
+    """The number of the (first) trial that this one retries, if it is a retry."""
+    return trial.user_attrs.get(RETRY_OF)
+
+
+def resident_mb() -> float | None:
+    """This process's resident memory in MB (Linux; None elsewhere)."""
+    try:
+        status = Path("/proc/self/status").read_text()
+    except OSError:
+        return None
+    return next(int(line.split()[1]) for line in status.splitlines()
+                if line.startswith("VmRSS:")) / 1024
+
+
+class MemoryGuard:
+    """Stops the worker's study loop once its memory has grown by `limit_mb` since its first
+    trial, so the worker can restart itself and carry on with fresh memory.
+
+    Keras 3 on TensorFlow keeps a few MB per `fit` even after `clear_session()` and `gc`
+    (keras-team/keras#17458, #20552; measured here: 5 MB per trial for a tiny model, 11 MB for a
+    LeNet trial), which over hundreds of trials is an out-of-memory crash.
+    """
+
+    def __init__(self, limit_mb: float):
+        self.limit_mb = limit_mb
+        self.first: float | None = None
+        self.exceeded: str | None = None  # why the worker should restart
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        now = resident_mb()
+        if now is None or not self.limit_mb:
+            return
+        if self.first is None:
+            self.first = now
+        elif now - self.first > self.limit_mb:
+            self.exceeded = (f"worker memory grew from {self.first:.0f} MB to {now:.0f} MB "
+                             f"(limit +{self.limit_mb:.0f} MB, [recovery] restart_after_growth_mb)")
+            study.stop()

@@ -1,0 +1,179 @@
+"""`medtune export`: replay the best trial, gate on its value, register, load, predict, serve."""
+
+import base64
+import json
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import mlflow
+import mlflow.pyfunc
+import numpy as np
+import pytest
+from conftest import runs, tune, write_png
+from mlflow.tracking import MlflowClient
+
+from search.cli import main
+
+
+def export(workdir, *args: str) -> int:
+    return main(["export", "--tracking-uri", f"sqlite:///{workdir}/mlflow.db",
+                 "--storage", f"sqlite:///{workdir}/optuna.db", *args])
+
+
+def export_runs(workdir):
+    client, parents, _ = runs(workdir)
+    return [r for r in parents if r.data.tags.get("medtune.kind") == "export"]
+
+
+@pytest.fixture
+def lenet_study(workdir, tiny_skin):
+    assert tune(workdir, "--task", "lenet_skin", "--n-trials", "2", "--data-dir",
+                str(tiny_skin)) == 0
+    return workdir
+
+
+def test_export_registers_the_replayed_best_trial_as_champion(lenet_study, capsys):
+    workdir = lenet_study
+    assert export(workdir, "--study", "lenet_skin") == 0
+    out = capsys.readouterr().out
+    assert "registered lenet_skin version 1 as champion" in out
+
+    (run,) = export_runs(workdir)
+    metrics = run.data.metrics
+    assert abs(metrics["replayed_value"] - metrics["recorded_value"]) <= 0.02
+    assert run.info.status == "FINISHED"
+    client = MlflowClient(f"sqlite:///{workdir}/mlflow.db")
+    history = client.get_metric_history(run.info.run_id, "val_accuracy")
+    assert [m.step for m in history] == [1, 2]  # the replay's epochs, logged as they ran
+    # The Keras flavor beside the pyfunc, with its signature and input example.
+    keras_model = Path(client.download_artifacts(run.info.run_id, "keras_model", str(workdir)))
+    mlmodel = (keras_model / "MLmodel").read_text()
+    assert "keras" in mlmodel and "signature" in mlmodel and "input_example" in mlmodel
+
+    # A second export: the new version is champion, the old one challenger.
+    assert export(workdir, "--study", "lenet_skin") == 0
+    assert str(client.get_model_version_by_alias("lenet_skin", "champion").version) == "2"
+    assert str(client.get_model_version_by_alias("lenet_skin", "challenger").version) == "1"
+
+
+def test_the_champion_predicts_on_raw_image_files_and_arrays(lenet_study):
+    workdir = lenet_study
+    assert export(workdir, "--study", "lenet_skin", "--name", "skin_model") == 0
+    mlflow.set_tracking_uri(f"sqlite:///{workdir}/mlflow.db")
+    model = mlflow.pyfunc.load_model("models:/skin_model@champion")
+    # Files as users have them: color, another size than the model's 32x32.
+    files = [write_png(workdir / f"scan{i}.png", seed=i, size=57, mode="RGB") for i in range(3)]
+    table = model.predict([str(f) for f in files])
+    assert list(table.columns) == ["class", "class_index", "score"]
+    assert len(table) == 3 and set(table["class"]) <= {"Mel", "Nevi"}
+    assert ((table["score"] >= 0) & (table["score"] <= 1)).all()
+    # The same image as an array of its own size gives the same prediction as its file.
+    from PIL import Image
+
+    array = np.asarray(Image.open(files[0]))
+    assert model.predict(array)["score"][0] == pytest.approx(table["score"][0], abs=1e-6)
+    with pytest.raises(ValueError, match="`path` or an `image_base64` column"):
+        import pandas as pd
+
+        model.predict(pd.DataFrame({"file": ["x.png"]}))
+
+
+def test_the_replay_gate_refuses_a_tampered_value(lenet_study, capsys):
+    workdir = lenet_study
+    with sqlite3.connect(workdir / "optuna.db") as db:  # someone edits the recorded result
+        db.execute("UPDATE trial_values SET value = value + 0.3")
+    assert export(workdir, "--study", "lenet_skin", "--tolerance", "0.05") == 2
+    err = capsys.readouterr().err
+    assert "replaying it" in err and "Not registered" in err
+    (run,) = export_runs(workdir)
+    assert run.info.status == "FAILED" and "ReplayMismatch" in run.data.tags["error"]
+    assert run.data.metrics["recorded_value"] - run.data.metrics["replayed_value"] > 0.25
+    client = MlflowClient(f"sqlite:///{workdir}/mlflow.db")
+    assert not client.search_registered_models("name = 'lenet_skin'")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--study", "nope"], "no study 'nope'"),
+    (["--study", "lenet_skin", "--tolerance", "-1"], "tolerance must be >= 0"),
+])
+def test_export_errors_name_the_problem(lenet_study, capsys, args, message):
+    assert export(lenet_study, *args) == 2
+    assert message in capsys.readouterr().err
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_the_served_champion_answers_http_on_loopback(lenet_study):
+    workdir = lenet_study
+    assert export(workdir, "--study", "lenet_skin") == 0
+    port = free_port()
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{workdir}/mlflow.db",
+           # the server starts `uvicorn` by name: the venv's bin must be on PATH
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "models", "serve", "-m", "models:/lenet_skin@champion",
+         "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port)],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/ping", timeout=2):
+                    break
+            except OSError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"server did not start:\n{server.stdout.read().decode()[-3000:]}")
+                time.sleep(0.5)
+        image = write_png(workdir / "scan.png", seed=5, size=45)
+        body = {"dataframe_records": [
+            {"image_base64": base64.b64encode(image.read_bytes()).decode()}]}
+        request = urllib.request.Request(f"{url}/invocations", data=json.dumps(body).encode(),
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=30) as response:
+            (prediction,) = json.loads(response.read())["predictions"]
+        assert prediction["class"] in ("Mel", "Nevi") and 0 <= prediction["score"] <= 1
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)  # mlflow and the uvicorn it started
+        try:
+            server.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
+
+
+def test_a_segmenter_exports_lung_masks(workdir, tiny_course):
+    assert tune(workdir, "--task", "unet_xray", "--n-trials", "1", "--data-dir",
+                str(tiny_course)) == 0
+    assert export(workdir, "--study", "unet_xray", "--tolerance", "0.05") == 0
+    mlflow.set_tracking_uri(f"sqlite:///{workdir}/mlflow.db")
+    model = mlflow.pyfunc.load_model("models:/unet_xray@champion")
+    masks = model.predict(np.random.default_rng(0).integers(0, 256, (2, 50, 50), dtype="uint8"))
+    assert masks.shape == (2, 32, 32) and masks.min() >= 0 and masks.max() <= 1
+
+
+def test_a_transfer_model_exports_base_and_head_as_one(workdir, tiny_course):
+    """VGG16 trained on Bone, exported; its conv part as the transfer base; that exported too."""
+    data = ["--data-dir", str(tiny_course), "--n-trials", "1"]
+    assert tune(workdir, "--task", "vgg_bone", *data) == 0
+    assert export(workdir, "--study", "vgg_bone") == 0
+    assert tune(workdir, "--task", "transfer_bone", *data,
+                "--base", "models:/vgg_bone@champion") == 0
+    assert export(workdir, "--study", "transfer_bone") == 0
+    mlflow.set_tracking_uri(f"sqlite:///{workdir}/mlflow.db")
+    model = mlflow.pyfunc.load_model("models:/transfer_bone@champion")
+    assert model.unwrap_python_model().keras_model.input_shape == (None, 32, 32, 1)
+    image = write_png(workdir / "xray.png", seed=3, size=64)
+    assert set(model.predict([str(image)])["class"]) <= {"AFF", "NFF"}
