@@ -184,12 +184,13 @@ def test_two_machines_share_postgresql_and_an_mlflow_server(tmp_path, skin_data,
 
 
 def test_resident_memory_stays_bounded_over_30_trials(tmp_path):
-    """Keras keeps a few MB per trial even after clear_session + gc (see MemoryGuard): 5-7 MB
-    per trial of this study, measured, so 30 trials would grow by 150-210 MB. With
-    `restart_after_growth_mb = 40` the worker restarts itself when it has grown by 40 MB, and
-    over 30 trials its memory must stay within 110 MB (40 of allowed growth, one trial's 20,
-    and 50 for where a fresh process starts: its first trial ended at 816-880 MB here), and
-    the last ten trials must not sit above the first ten (medians within 40 MB)."""
+    """Keras keeps a few MB per trial even after clear_session + gc (see MemoryGuard: 5-11 MB
+    per trial measured here, so a 30-trial worker would grow by 150-330 MB). With
+    `restart_after_growth_mb = 40` each worker process restarts once it has grown 40 MB past
+    its first trial. Checked over 30 trials: every trial of a process but its last ends within
+    40 MB (+15 for the moment of reading) of that process's first; the last one is the trial
+    that crossed the line, after which a fresh process takes over the same study.
+    (Where a fresh process starts varies by up to ~80 MB, which is not growth.)"""
     from datasets import synthetic
 
     synthetic.write_skin(tmp_path / "course", n_train=40, n_val=20, size=32, seed=1)
@@ -200,17 +201,24 @@ def test_resident_memory_stays_bounded_over_30_trials(tmp_path):
     done = subprocess.run(command, cwd=tmp_path, env=child_env(tmp_path), capture_output=True,
                           text=True, timeout=500)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "restarting this worker" in done.stdout  # the growth is real: it had to restart
     client = MlflowClient(tracking)
     experiment = client.get_experiment_by_name("medtune").experiment_id
     rss = {int(r.data.tags["medtune.trial_number"]): r.data.metrics["worker_rss_mb"]
            for r in client.search_runs([experiment]) if "medtune.trial_number" in r.data.tags}
     assert sorted(rss) == list(range(30))
-    print("worker RSS (MB) by trial:", [rss[n] for n in range(30)])
-    assert max(rss.values()) - min(rss.values()) < 110, rss
-    first, last = (sorted(rss[n] for n in numbers)[5] for numbers in (range(10), range(20, 30)))
-    assert last - first < 40, rss
     assert len(load(storage, "lenet_recover").trials) == 30  # one study throughout
+
+    processes: list[list[int]] = [[]]  # trial numbers each worker process ran, from its output
+    for line in done.stdout.splitlines():
+        if line.startswith("lenet_recover-t"):
+            processes[-1].append(int(line[len("lenet_recover-t"):].split()[0]))
+        elif "restarting this worker" in line:
+            processes.append([])
+    print("worker RSS (MB) by process:", [[rss[n] for n in p] for p in processes])
+    assert len(processes) >= 3  # it grew, and restarted, more than once
+    for trials in processes[:-1]:
+        assert all(rss[n] - rss[trials[0]] <= 40 + 15 for n in trials[:-1]), trials
+        assert rss[trials[-1]] - rss[trials[0]] > 40 - 15  # what made it restart
 
 
 def test_a_silent_worker_on_another_host_is_failed_by_the_heartbeat(tmp_path):
