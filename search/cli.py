@@ -125,7 +125,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _tune(args: argparse.Namespace, spec, argv: list[str]) -> int:
     from search.recovery import MemoryGuard
-    from search.study import mask_password, resolve_settings, run_study
+    from search.study import resolve_settings, run_study
+    from search.urls import mask_password
 
     settings = resolve_settings(
         spec, budget=args.budget, study_name=args.study, storage=args.storage,

@@ -18,9 +18,10 @@ from search.predictor import preprocessing
 from search.problems import make_problem
 from search.recovery import open_storage
 from search.spec import load_spec
-from search.study import SETTINGS_ATTR, feature_base, mask_password
+from search.study import SETTINGS_ATTR, feature_base
 from search.tracking import Registered, export_run, register_model
 from search.training import EpochLines, best_epoch, check_finite, fit, fresh_keras_session
+from search.urls import mask_password
 
 DEFAULT_TOLERANCE = 0.02  # on the objective, e.g. accuracy 0.875 replayed as 0.86 still passes
 SERVED_PACKAGES = ("tensorflow-cpu", "keras", "mlflow", "numpy", "pandas", "pillow")

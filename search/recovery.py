@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import socket
 import time
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -85,13 +86,15 @@ class Recovery:
         engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
         for attempt in range(3):
             try:
-                return RDBStorage(
-                    url,
-                    engine_kwargs=engine,  # SQLite: wait for another worker's write, not fail
-                    heartbeat_interval=self.settings["heartbeat_interval"],
-                    grace_period=self.settings["grace_period"],
-                    heartbeat_stale_trial_callback=self._stale,
-                )
+                with warnings.catch_warnings():  # heartbeats are "experimental" since Optuna 2.9
+                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                    return RDBStorage(
+                        url,
+                        engine_kwargs=engine,  # SQLite: wait for another worker's write
+                        heartbeat_interval=self.settings["heartbeat_interval"],
+                        grace_period=self.settings["grace_period"],
+                        heartbeat_stale_trial_callback=self._stale,
+                    )
             except (IntegrityError, ProgrammingError):
                 # Workers starting together on a new database both create Optuna's tables;
                 # one loses that race, and then finds the other's tables.

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gc
-import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from search.pruners import make_pruner, make_sampler
 from search.recovery import JOURNAL, MemoryGuard, Recovery
 from search.spec import StudySpec
 from search.tracking import StudyTracker, load_registered_model
+from search.urls import mask_password
 
 DEFAULT_STORAGE = "sqlite:///optuna.db"
 ENGINES = ("optuna", "keras-tuner")
@@ -94,11 +94,6 @@ def resolve_settings(
     if settings.timeout is not None and settings.timeout < 0:
         raise ValueError(f"timeout must be seconds >= 0 (0: no limit), got {settings.timeout}")
     return settings
-
-
-def mask_password(url: str) -> str:
-    """`postgresql://user:secret@host/db` -> `postgresql://user:***@host/db`."""
-    return re.sub(r"(//[^:/@]+:)[^@]+@", r"\1***@", url)
 
 
 def open_study(

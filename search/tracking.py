@@ -34,6 +34,7 @@ from mlflow.tracking import MlflowClient
 
 from search import plots
 from search.recovery import resident_mb
+from search.urls import mask_password
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 PARENT_ATTR = "mlflow_parent_run_id"  # study user attr: the parent run survives restarts
@@ -270,7 +271,7 @@ class StudyTracker:
         self.client.set_terminated(self.parent_run_id, status)
 
     def ui_hint(self) -> str:
-        return f"mlflow ui --backend-store-uri {self.tracking_uri}"
+        return f"mlflow ui --backend-store-uri {mask_password(self.tracking_uri)}"
 
 
 def _settle_parent(client: MlflowClient, study: optuna.Study, mine: str) -> str:

@@ -265,3 +265,12 @@ def test_a_random_sampler_and_an_epoch_budget_from_the_study_file(workdir, tiny_
     client, (parent,), _ = runs(workdir)
     path = client.download_artifacts(parent.info.run_id, "manifest.json", str(workdir))
     assert json.loads(Path(path).read_text())["sampler"] == {"type": "random"}
+
+
+def test_passwords_in_urls_are_masked():
+    from search.urls import mask_password
+
+    assert mask_password("postgresql+psycopg2://medtune:s3cr@t@db:5432/optuna") == (
+        "postgresql+psycopg2://medtune:***@db:5432/optuna")
+    assert mask_password("http://user:pw@mlflow:5000") == "http://user:***@mlflow:5000"
+    assert mask_password("sqlite:///optuna.db") == "sqlite:///optuna.db"
