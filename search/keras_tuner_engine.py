@@ -4,11 +4,13 @@ Hyperband proposes the trials and decides their epochs (successive halving, cont
 promoted trial from its checkpoint). Each trial is logged to MLflow exactly as an Optuna trial is
 (a child run with params and per-epoch metrics), and recorded into the task's Optuna study as a
 finished trial, so trials tables, study plots, `compare` and `export` work the same for both.
-Keras Tuner keeps its own state in `.medtune/keras_tuner/<study>`, so a rerun continues.
+Keras Tuner keeps its own state in `.medtune/keras_tuner/<study>` ($MEDTUNE_KERAS_TUNER_DIR), so
+a rerun continues.
 """
 
 from __future__ import annotations
 
+import os
 import time
 import warnings
 from pathlib import Path
@@ -25,7 +27,12 @@ from search.study import TuneSettings, epochs_spent
 from search.tracking import StudyTracker
 from search.training import EpochLines, best_epoch, check_finite, compile_model
 
-STATE_DIR = Path(".medtune") / "keras_tuner"
+
+def state_dir() -> Path:
+    return Path(os.environ.get("MEDTUNE_KERAS_TUNER_DIR", Path(".medtune") / "keras_tuner"))
+
+
+
 # A promoted trial continues from its checkpoint's weights with a fresh optimizer, as Keras
 # Tuner intends; Keras warns about the optimizer state it skips each time.
 warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
@@ -171,7 +178,7 @@ def search(
         max_epochs=settings.epochs,
         factor=FACTOR,
         seed=settings.seed,
-        directory=str(STATE_DIR),
+        directory=str(state_dir()),
         project_name=settings.study_name,
         overwrite=False,  # a rerun continues the search
         max_consecutive_failed_trials=settings.n_trials,  # failures are recorded; go on

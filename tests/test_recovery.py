@@ -120,6 +120,12 @@ def test_kill_9_three_times_loses_nothing_and_the_study_completes(tmp_path, skin
         steps = [m.step for m in client.get_metric_history(runs[retry.number].info.run_id,
                                                            "val_accuracy")]
         assert steps == [1, 2, 3, 4, 5, 6]  # earlier epochs carried over, then the rest
+    resumed = [runs[t.number].data.tags["resumed_from_epoch"] for t in trials
+               if "retry_of" in t.user_attrs]
+    print(f"killed trials {killed} at epochs "
+          f"{[len(by_number[n].intermediate_values) for n in killed]}; retries resumed from "
+          f"{resumed}; {len(trials)} trials, {sum(t.state == TS.COMPLETE for t in trials)} "
+          "complete")
     (checkpoints,) = Path(os.environ["MEDTUNE_CHECKPOINTS"]).glob("lenet_recover-*")
     assert not list(checkpoints.glob("t*"))  # every trial ended: no checkpoint left
 

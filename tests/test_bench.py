@@ -1,0 +1,175 @@
+"""Each benchmark's smoke mode on tiny data, so the scripts cannot rot. No timing is asserted:
+only that each writes its RESULTS.md section, its tables (with the expected columns and rows)
+and its MLflow run with CSV and PNG artifacts."""
+
+import csv
+import sys
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))  # bench/ runs from the checkout; it is not an installed package
+
+from bench import common, default_run, growth, overhead, run_all, startup  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def out(tmp_path_factory):
+    """One results file and one MLflow store for all benchmarks (a store costs ~1 s to make)."""
+    return tmp_path_factory.mktemp("bench")
+
+
+def smoke(module, out, monkeypatch, *extra: str) -> MlflowClient:
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    monkeypatch.chdir(out)  # nothing may land in the project's mlruns/ or stores
+    argv = ["--smoke", "--results", str(out / "RESULTS.md"), "--work-dir", str(out / "work"),
+            "--tracking-uri", common.sqlite_url(out / "mlflow.db"), *extra]
+    assert common.main(module.NAME, module.add_arguments, module.run, argv) == 0
+    return MlflowClient(common.sqlite_url(out / "mlflow.db"))
+
+
+def logged(client: MlflowClient, name: str) -> dict[str, int]:
+    """The artifacts of the latest results run of benchmark `name`: path -> size."""
+    experiment = client.get_experiment_by_name(common.EXPERIMENT)
+    (run,) = client.search_runs([experiment.experiment_id], f"tags.`bench.name` = '{name}'",
+                                order_by=["attributes.start_time DESC"], max_results=1)
+    assert run.data.tags["bench.mode"] == "smoke" and run.info.status == "FINISHED"
+    assert run.data.params["pkg.keras"] and run.data.params["cores"]
+    found = {}
+    for folder in ("", "tables", "plots"):
+        found |= {a.path: a.file_size for a in client.list_artifacts(run.info.run_id, folder)
+                  if not a.is_dir}
+    return found
+
+
+def table(client: MlflowClient, name: str, stem: str, out) -> tuple[list[str], list[dict]]:
+    """A logged CSV table: its columns and rows."""
+    experiment = client.get_experiment_by_name(common.EXPERIMENT)
+    (run,) = client.search_runs([experiment.experiment_id], f"tags.`bench.name` = '{name}'",
+                                order_by=["attributes.start_time DESC"], max_results=1)
+    path = client.download_artifacts(run.info.run_id, f"tables/{stem}.csv", str(out))
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        return list(reader.fieldnames or []), list(reader)
+
+
+def section(out, name: str) -> str:
+    text = (out / "RESULTS.md").read_text()
+    start, end = f"<!-- bench:{name} -->", f"<!-- /bench:{name} -->"
+    assert text.count(start) == 1 and text.count(end) == 1
+    return text.split(start)[1].split(end)[0]
+
+
+def test_overhead_smoke(out, monkeypatch):
+    client = smoke(overhead, out, monkeypatch)
+    files = logged(client, "overhead")
+    assert {"tables/summary.csv", "tables/breakdown.csv", "tables/breakdown_by_category.csv",
+            "tables/pairs.csv", "plots/breakdown.png", "results.md", "machine.json"} <= set(files)
+    columns, rows = table(client, "overhead", "summary", out)
+    assert columns[:2] == ["task", "model"] and "ratio_median" in columns
+    assert [(r["task"], r["model"]) for r in rows] == [("lenet_skin", "lenet")]
+    assert float(rows[0]["ratio_median"]) > 0
+    columns, rows = table(client, "overhead", "breakdown", out)
+    assert {r["part"] for r in rows} == set(overhead.GROUPS) and "median_s" in columns
+    text = section(out, "overhead")
+    assert "Command: `python -m bench.overhead --smoke" in text and "cores" in text
+    assert "| lenet_skin | lenet | 1 | 32 | 1 |" in text
+
+
+def test_startup_smoke(out, monkeypatch):
+    client = smoke(startup, out, monkeypatch)
+    files = logged(client, "startup")
+    assert {"tables/summary.csv", "tables/cache.csv", "tables/launches.csv",
+            "plots/startup.png"} <= set(files)
+    columns, rows = table(client, "startup", "launches", out)
+    assert {"run", "from_cache", "imports_s", "data_work_s", "total_s"} <= set(columns)
+    assert [(r["run"], r["from_cache"]) for r in rows] == [("cold", "False"), ("cached1", "True")]
+    _, (cache,) = table(client, "startup", "cache", out)
+    assert float(cache["cache_mib"]) > 0
+    assert "Goal: cached data work" in section(out, "startup")
+
+
+def test_default_run_smoke(out, monkeypatch):
+    client = smoke(default_run, out, monkeypatch)
+    files = logged(client, "default_run")
+    assert {"tables/summary.csv", "tables/milestones.csv", "tables/memory.csv",
+            "plots/memory.png"} <= set(files)
+    _, (row,) = table(client, "default_run", "summary", out)
+    assert row["complete"] == "1" and float(row["peak_process_mib"]) > 100
+    _, rows = table(client, "default_run", "milestones", out)
+    assert {"first epoch done", "process ended"} <= {r["milestone"] for r in rows}
+    assert not list(out.glob("work/default-run-*"))  # the working copy is removed
+
+
+def test_growth_smoke(out, monkeypatch):
+    client = smoke(growth, out, monkeypatch)
+    files = logged(client, "growth")
+    assert {"tables/windows.csv", "tables/memory.csv", "tables/trials.csv",
+            "plots/growth.png"} <= set(files)
+    columns, rows = table(client, "growth", "trials", out)
+    assert [int(r["trial"]) for r in rows] == list(range(growth.BUDGETS["smoke"]["n_trials"]))
+    assert {"wall_s", "training_s", "sampler_s", "storage_s", "mlflow_s", "rss_mib",
+            "outside_fit_s"} <= set(columns)
+    _, rows = table(client, "growth", "windows", out)
+    assert len(rows) == 2 + len(growth.PARTS)
+    assert "Resident memory" in section(out, "growth")
+
+
+def test_results_file_keeps_every_section_in_order(tmp_path):
+    """Writing one benchmark's section leaves the others, in their order, untouched."""
+    path = tmp_path / "RESULTS.md"
+    common.write_section(path, "startup", "## 3. Data start-up\n\nnew figures\n")
+    text = path.read_text()
+    positions = [text.index(f"<!-- bench:{name} -->") for name in common.BENCHMARKS]
+    assert positions == sorted(positions)
+    assert "new figures" in section(tmp_path, "startup")
+    assert "Not run yet." in section(tmp_path, "search")
+
+
+def test_run_all_rejects_unknown_names(capsys):
+    with pytest.raises(SystemExit):
+        run_all.main(["--only", "nonsense"])
+    assert "unknown benchmark" in capsys.readouterr().err
+
+
+def test_search_efficiency_smoke(tmp_path, monkeypatch):
+    """Benchmark 2 writes into its own folder: the shared results file must keep its empty
+    `search` section for the test above, whatever order the tests run in."""
+    from bench import search_efficiency
+
+    client = smoke(search_efficiency, tmp_path, monkeypatch)
+    files = logged(client, "search")
+    assert {"tables/summary.csv", "tables/goal.csv", "tables/runs.csv", "tables/picked.csv",
+            "tables/curves.csv", "plots/best_so_far.png", "results.md",
+            "machine.json"} <= set(files)
+    budget = search_efficiency.BUDGETS["smoke"]["budget"]
+    columns, rows = table(client, "search", "runs", tmp_path)
+    assert {"data", "engine", "seed", "best_val", "test", "test_from", "wall_s", "epochs_spent",
+            "complete", "pruned", "failed", "picked", "baseline_epochs", "pruned_epochs",
+            "grid_best", "epochs_to_grid_best"} <= set(columns)
+    assert [r["engine"] for r in rows] == list(search_efficiency.ENGINES)
+    for row in rows:
+        assert 0 <= float(row["best_val"]) <= 1 and 0 <= float(row["test"]) <= 1
+        assert int(row["epochs_spent"]) >= budget and int(row["complete"]) >= 1
+    by_engine = {r["engine"]: r for r in rows}
+    assert by_engine["keras-tuner"]["test_from"].startswith("replay")  # no model kept: replayed
+    assert by_engine["lab-grid"]["test_from"] == "trial's model"
+    columns, rows = table(client, "search", "summary", tmp_path)
+    assert {"best_val_median", "best_val_min", "best_val_max", "test_median", "wall_median_s",
+            "complete_median", "pruned_median", "epochs_to_grid_best_median"} <= set(columns)
+    assert len(rows) == len(search_efficiency.ENGINES)
+    _, (goal,) = table(client, "search", "goal", tmp_path)
+    assert goal["goal_met"] in ("True", "False")
+    _, curve = table(client, "search", "curves", tmp_path)
+    assert {int(r["epochs_spent"]) for r in curve} == set(range(1, budget + 1))
+    text = section(tmp_path, "search")
+    assert "Command: `python -m bench.search_efficiency --smoke" in text
+    assert "goal" in text and "Not run yet." not in text
+
+
+def test_search_efficiency_runs_under_its_module_name():
+    assert common.command("search", ["--quick"]) == "python -m bench.search_efficiency --quick"
+    assert "search" in run_all.ORDER
