@@ -119,15 +119,17 @@ def study_figures(study) -> dict[str, plt.Figure]:
     }
     figures = {}
     for name, make in makers.items():
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # "experimental" warnings of the plotting API
+        # Optuna's plotting API is "experimental", and some of its axes (colour bars) do not
+        # fit tight_layout: both only warn.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
                 axes = make(study)
-        except (ValueError, RuntimeError, ZeroDivisionError):
-            continue
-        figure = np.ravel(axes)[0].figure
-        figure.set_size_inches(max(8, figure.get_size_inches()[0]), 5)
-        figure.tight_layout()
+            except (ValueError, RuntimeError, ZeroDivisionError):
+                continue
+            figure = np.ravel(axes)[0].figure
+            figure.set_size_inches(max(8, figure.get_size_inches()[0]), 5)
+            figure.tight_layout()
         figures[name] = figure
     return figures
 
