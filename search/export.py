@@ -9,11 +9,11 @@ are logged for a person to look at.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from importlib import metadata
 
 import optuna
 
 from datasets import features, loader
+from search.manifest import package_versions
 from search.predictor import preprocessing
 from search.problems import make_problem
 from search.recovery import open_storage
@@ -40,14 +40,10 @@ class Export:
 
 
 def requirements() -> list[str]:
-    """What a served model needs, pinned to the versions it was trained with."""
-    pins = []
-    for name in SERVED_PACKAGES:
-        try:
-            pins.append(f"{name}=={metadata.version(name)}")
-        except metadata.PackageNotFoundError:  # e.g. `tensorflow` installed instead of -cpu
-            continue
-    return pins
+    """What a served model needs, pinned to the versions it was trained with (a package not
+    installed, e.g. `tensorflow` instead of `tensorflow-cpu`, is left out)."""
+    return [f"{name}=={version}" for name, version in package_versions(SERVED_PACKAGES).items()
+            if version]
 
 
 def best_trial(study_name: str, storage: str) -> tuple[optuna.Study, optuna.trial.FrozenTrial]:

@@ -26,9 +26,9 @@ def git_commit(root: Path = PROJECT_ROOT) -> dict[str, Any]:
     return {"commit": commit, "dirty": bool(dirty)}
 
 
-def package_versions() -> dict[str, str | None]:
+def package_versions(names: tuple[str, ...] = PACKAGES) -> dict[str, str | None]:
     versions = {}
-    for name in PACKAGES:
+    for name in names:
         try:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:

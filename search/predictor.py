@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from datasets.images import load_gray, resize, to_gray
+from datasets.images import load_gray, resize, resize_array, to_gray
 from models.losses import predicted_classes
 
 PREPROCESSING_FILE = "preprocessing.json"
@@ -72,7 +72,7 @@ def gray_images(model_input: Any, size: int) -> np.ndarray:
         array = np.clip(array.astype("float32") * scale, 0, 255).astype("uint8")
     if array.ndim == 4 and array.shape[-1] == 1:
         array = array[..., 0]
-    return np.stack([np.asarray(resize(to_gray(Image.fromarray(im)), size)) for im in array])
+    return resize_array(array, size)
 
 
 def _decoded(text: str, size: int) -> np.ndarray:

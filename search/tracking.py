@@ -157,9 +157,7 @@ class StudyTracker:
                 experiment_id, run_name=study.study_name, tags=run_tags
             ).info.run_id
             client.log_batch(parent, params=[Param(k, str(v)) for k, v in settings.items()])
-            winner = _settle_parent(client, study, parent) if shared else parent
-            if not shared:
-                study.set_user_attr(PARENT_ATTR, parent)
+            winner = _settle_parent(client, study, parent, SETTLE_SECONDS if shared else 0.0)
             created, parent = winner == parent, winner
         if outer:
             client.set_tag(outer, "medtune.study_run_id", parent)
@@ -274,11 +272,11 @@ class StudyTracker:
         return f"mlflow ui --backend-store-uri {mask_password(self.tracking_uri)}"
 
 
-def _settle_parent(client: MlflowClient, study: optuna.Study, mine: str) -> str:
+def _settle_parent(client: MlflowClient, study: optuna.Study, mine: str, pause: float) -> str:
     """Workers that start a new study together each make a parent run: the last to record its
     run wins, after a pause that lets the others' writes land; the rest delete theirs."""
     study.set_user_attr(PARENT_ATTR, mine)
-    time.sleep(SETTLE_SECONDS)
+    time.sleep(pause)
     winner = study.user_attrs[PARENT_ATTR]  # read from the storage, not a cache
     if winner != mine:
         client.delete_run(mine)
