@@ -166,12 +166,22 @@ def _optimize(spec, settings, study, problem, tracker, recovery, guard, verbose,
                 catch=(Exception,),  # a failed trial is recorded (FAIL, MLflow FAILED); go on
                 callbacks=[MaxTrialsCallback(settings.n_trials, states=FINISHED),
                            EpochBudget(settings.epoch_budget), recovery.fail_orphans,
-                           *([guard] if guard else [])],
+                           *([guard] if guard else []), freeze_survivors],
                 show_progress_bar=show_progress_bar,
                 gc_after_trial=False,  # fresh_keras_session collects once per trial already
             )
         finally:
             gc.unfreeze()
+
+
+def freeze_survivors(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+    """Keep what outlived the trial out of later collections. TensorFlow keeps each trial's
+    traced functions after `clear_session` (see MemoryGuard); scanned again by every later
+    trial's collection, they made it grow from 0.05 to 1.3 s over 200 trials. Frozen, each
+    collection scans one trial's objects. Young garbage is collected first, so only what is
+    still referenced is frozen; the study's end unfreezes it all."""
+    gc.collect(1)
+    gc.freeze()
 
 
 def epochs_spent(study: optuna.Study) -> int:

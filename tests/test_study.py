@@ -1,10 +1,12 @@
 """Whole studies on tiny data, started the way users start them, against real MLflow and Optuna
 SQLite stores: parent and child runs, per-epoch history, artifacts, pruning, failures, resume."""
 
+import gc
 import json
 import os
 import subprocess
 import sys
+import weakref
 from pathlib import Path
 
 import optuna
@@ -14,6 +16,7 @@ from mlflow.tracking import MlflowClient
 
 from search.cli import main
 from search.spec import load_spec
+from search.study import freeze_survivors
 
 REPO = Path(__file__).resolve().parents[1]
 TS = optuna.trial.TrialState
@@ -274,3 +277,21 @@ def test_passwords_in_urls_are_masked():
         "postgresql+psycopg2://medtune:***@db:5432/optuna")
     assert mask_password("http://user:pw@mlflow:5000") == "http://user:***@mlflow:5000"
     assert mask_password("sqlite:///optuna.db") == "sqlite:///optuna.db"
+
+
+def test_freeze_survivors_collects_young_garbage_and_freezes_the_living():
+    class Node:
+        pass
+
+    alive = [Node() for _ in range(1000)]
+    garbage = Node()
+    garbage.cycle = garbage  # only the cycle collector frees it
+    dead = weakref.ref(garbage)
+    del garbage
+    before = gc.get_freeze_count()
+    try:
+        freeze_survivors(None, None)
+        assert dead() is None
+        assert gc.get_freeze_count() >= before + len(alive)
+    finally:
+        gc.unfreeze()
