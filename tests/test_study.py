@@ -16,7 +16,7 @@ from mlflow.tracking import MlflowClient
 
 from search.cli import main
 from search.spec import load_spec
-from search.study import freeze_survivors
+from search.study import FreezeSurvivors
 
 REPO = Path(__file__).resolve().parents[1]
 TS = optuna.trial.TrialState
@@ -279,19 +279,29 @@ def test_passwords_in_urls_are_masked():
     assert mask_password("sqlite:///optuna.db") == "sqlite:///optuna.db"
 
 
-def test_freeze_survivors_collects_young_garbage_and_freezes_the_living():
+def test_freeze_survivors_freezes_the_living_and_collects_all_every_n_trials():
     class Node:
         pass
 
+    def cycle() -> Node:
+        node = Node()
+        node.cycle = node  # only the cycle collector frees it
+        return node
+
+    freeze = FreezeSurvivors(every=3)
     alive = [Node() for _ in range(1000)]
-    garbage = Node()
-    garbage.cycle = garbage  # only the cycle collector frees it
-    dead = weakref.ref(garbage)
-    del garbage
+    young = weakref.ref(cycle())
+    held = cycle()
     before = gc.get_freeze_count()
     try:
-        freeze_survivors(None, None)
-        assert dead() is None
+        freeze(None, None)  # trial 1: young garbage collected, the rest frozen
+        assert young() is None
         assert gc.get_freeze_count() >= before + len(alive)
+        later = weakref.ref(held)
+        del held  # garbage now, but frozen: kept until the full collection
+        freeze(None, None)
+        assert later() is not None
+        freeze(None, None)  # trial 3: everything unfrozen and collected
+        assert later() is None
     finally:
         gc.unfreeze()
