@@ -159,7 +159,7 @@ def main(
 def publish(result: Result, results: Path, tracking_uri: str | None) -> str | None:
     """Print the tables, replace the section in `results`, log the MLflow run (if a URI)."""
     info = machine()
-    section = markdown_section(result, info)
+    section = markdown_section(result, info, save_figures(result, results))
     print(section)
     write_section(results, result.name, section)
     print(f"written to {results}")
@@ -184,7 +184,20 @@ def markdown_table(df: Any, digits: int = 3) -> str:
     return "\n".join(lines)
 
 
-def markdown_section(result: Result, info: dict[str, Any]) -> str:
+def save_figures(result: Result, results: Path) -> dict[str, str]:
+    """Each figure as a PNG in `plots/` beside the results file, so the Markdown shows it:
+    stem -> its path relative to the results file."""
+    saved = {}
+    for stem, figure in result.figures.items():
+        path = results.parent / "plots" / f"{result.name}-{stem}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        figure.savefig(path, dpi=100, bbox_inches="tight")
+        saved[stem] = path.relative_to(results.parent).as_posix()
+    return saved
+
+
+def markdown_section(result: Result, info: dict[str, Any],
+                     figures: dict[str, str] | None = None) -> str:
     packages = ", ".join(f"{k} {v}" for k, v in info["packages"].items() if v)
     git = info["git"]
     commit = f"{git['commit'][:10]}{' (uncommitted changes)' if git['dirty'] else ''}" \
@@ -206,6 +219,8 @@ def markdown_section(result: Result, info: dict[str, Any]) -> str:
     ]
     for stem in result.shown or list(result.tables):
         lines += [f"`{stem}.csv`:", "", markdown_table(result.tables[stem]), ""]
+    for stem, path in (figures or {}).items():
+        lines += [f"![{stem}]({path})", ""]
     for note in result.notes:
         lines += [note, ""]
     return "\n".join(lines).rstrip() + "\n"

@@ -77,6 +77,9 @@ def test_overhead_smoke(out, monkeypatch):
     text = section(out, "overhead")
     assert "Command: `python -m bench.overhead --smoke" in text and "cores" in text
     assert "| lenet_skin | lenet | 1 | 32 | 1 |" in text
+    # The plot sits beside the results file, linked from its section
+    assert "![breakdown](plots/overhead-breakdown.png)" in text
+    assert (out / "plots" / "overhead-breakdown.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_startup_smoke(out, monkeypatch):
