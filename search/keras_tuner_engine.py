@@ -32,7 +32,6 @@ def state_dir() -> Path:
     return Path(os.environ.get("MEDTUNE_KERAS_TUNER_DIR", Path(".medtune") / "keras_tuner"))
 
 
-
 # A promoted trial continues from its checkpoint's weights with a fresh optimizer, as Keras
 # Tuner intends; Keras warns about the optimizer state it skips each time.
 warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
