@@ -43,7 +43,7 @@ MILESTONES = {  # first log line containing ... -> milestone
     "medtune: ": "medtune started (after MLflow project set-up and imports)",
     "Decoding ": "decoding images",
     " epoch 1/": "first epoch done",
-    " finished trials (": "study done (summary printed)",
+    " trials done: ": "study done (summary printed)",
 }
 
 
@@ -113,11 +113,11 @@ def watch(argv: list[str], cwd: Path, env: dict[str, str], log: Path, limit_s: f
 
 def parse_summary(log: str) -> dict[str, Any]:
     found: dict[str, Any] = {}
-    match = re.search(r"=== (\S+): (\d+) finished trials \((\d+) complete, (\d+) pruned, "
-                      r"(\d+) fail\w*\) in (\d+) s", log)
+    match = re.search(r"=== (\S+): (\d+) of \d+ trials done: (\d+) complete, (\d+) pruned, "
+                      r"(\d+) failed, (\d+) retried[^;]*; (\d+) s", log)
     if match:
         found |= {"finished": int(match[2]), "complete": int(match[3]), "pruned": int(match[4]),
-                  "failed": int(match[5]), "study_s": float(match[6])}
+                  "failed": int(match[5]), "retried": int(match[6]), "study_s": float(match[7])}
     best = re.search(r"best trial: #(\d+)\s+(\S+) = ([0-9.]+)", log)
     if best:
         found |= {"best_trial": int(best[1]), "objective": best[2], "best_value": float(best[3])}

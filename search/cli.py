@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
+import logging
 import os
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import time
 WORKER_ENV = "MEDTUNE_WORKER"  # set in the processes `--workers N` starts
 STARTED_ENV = "MEDTUNE_STARTED"  # when a restarted worker first started (its timeout counts on)
 RESTART = 75  # main() asks its caller to restart this process (memory, see MemoryGuard)
+INTERRUPTED = 130  # the shell's code for a process ended by Ctrl-C
 
 
 def _optional(kind):
@@ -38,6 +40,10 @@ def _whole(text: str) -> int:
 
 
 _whole.__name__ = "int"
+
+
+def _not_interrupts(record: logging.LogRecord) -> bool:
+    return not (record.exc_info and isinstance(record.exc_info[1], KeyboardInterrupt))
 
 
 def parser() -> argparse.ArgumentParser:
@@ -105,6 +111,8 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up chatter
+    # Optuna logs a trial cut by Ctrl-C with its traceback; medtune says it in one line.
+    logging.getLogger("optuna.study._optimize").addFilter(_not_interrupts)
     from search.spec import load_spec, task_names
 
     try:
@@ -121,6 +129,12 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as error:  # bad input: say what and how to fix it, no traceback
         print(f"medtune: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as stop:  # Ctrl-C: one line, what was logged stays
+        trial = getattr(stop, "trial", None)
+        print("medtune: interrupted; " + (
+            f"trial {trial} will be retried on the next run" if trial is not None
+            else "run the same command again to continue"), file=sys.stderr)
+        return INTERRUPTED
 
 
 def _tune(args: argparse.Namespace, spec, argv: list[str]) -> int:
@@ -166,7 +180,7 @@ def _tune(args: argparse.Namespace, spec, argv: list[str]) -> int:
             print(f"medtune: {guard.exceeded}; restarting this worker to release it "
                   "(the study continues where it is)", flush=True)
             return RESTART
-    _print_summary(study, tracker, spec.objective, time.monotonic() - started)
+    _print_summary(study, tracker, spec.objective, settings.n_trials, time.monotonic() - started)
     if failed:
         print(f"medtune: error: {failed} of {args.workers} workers failed (see their output "
               "above); run the same command again to continue the study", file=sys.stderr)
@@ -226,15 +240,22 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_summary(study, tracker, objective: str, seconds: float) -> None:
+def _print_summary(study, tracker, objective: str, target: int, seconds: float) -> None:
     import optuna
 
+    from search.study import COUNTED, counted_trials
+
     TS = optuna.trial.TrialState
-    counts = {s.name.lower(): len(study.get_trials(deepcopy=False, states=(s,)))
-              for s in (TS.COMPLETE, TS.PRUNED, TS.FAIL)}
-    print(f"\n=== {study.study_name}: {sum(counts.values())} finished trials "
-          f"({', '.join(f'{n} {k}' for k, n in counts.items())}) in {seconds:.0f} s")
-    if counts["complete"]:
+    failed = study.get_trials(deepcopy=False, states=(TS.FAIL,))
+    retried = {n for t in study.get_trials(deepcopy=False)
+               for n in t.user_attrs.get("retry_history", [])}
+    counts = [(len(study.get_trials(deepcopy=False, states=(s,))), s.name.lower())
+              for s in COUNTED]
+    counts += [(sum(t.number not in retried for t in failed), "failed"),
+               (sum(t.number in retried for t in failed), "retried (worker lost or interrupted)")]
+    print(f"\n=== {study.study_name}: {counted_trials(study)} of {target} trials done: "
+          f"{', '.join(f'{n} {what}' for n, what in counts)}; {seconds:.0f} s")
+    if counts[0][0]:
         best = study.best_trial
         print(f"best trial: #{best.number}  {objective} = {best.value:.4f}")
         for key, value in best.params.items():

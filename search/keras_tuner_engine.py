@@ -23,7 +23,7 @@ import optuna
 from models import build_model
 from search.problems import Classification, Segmentation
 from search.spec import StudySpec
-from search.study import TuneSettings, epochs_spent
+from search.study import TuneSettings, counted_trials, epochs_spent
 from search.tracking import StudyTracker
 from search.training import EpochLines, best_epoch, check_finite, compile_model
 
@@ -89,13 +89,13 @@ class _Hyperband(keras_tuner.Hyperband):
         super().__init__(**kwargs)
 
     def pre_create_trial(self) -> None:
-        # n_trials counts the study's finished trials, earlier runs included; the epoch budget
-        # all their epochs; and the timeout.
+        # n_trials counts the study's complete and pruned trials, earlier runs included; the
+        # epoch budget all their epochs; and the timeout.
         timed_out = (self.settings.timeout is not None
                      and time.monotonic() - self.started > self.settings.timeout)
         budget = self.settings.epoch_budget
         spent = budget is not None and epochs_spent(self.study) >= budget
-        if timed_out or spent or len(self.study.trials) >= self.settings.n_trials:
+        if timed_out or spent or counted_trials(self.study) >= self.settings.n_trials:
             self.oracle.max_trials = len(self.oracle.trials)  # the oracle then says STOPPED
 
     def run_trial(self, trial, *args, **kwargs):

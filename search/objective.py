@@ -65,8 +65,12 @@ def make_objective(
                     pruning=KerasPruningCallback(trial, monitor),
                     restore=resume if origin is not None and checkpoint.exists() else None,
                 )
-            finally:
-                checkpoint.remove()  # only a killed worker leaves its checkpoint behind
+            except KeyboardInterrupt:
+                raise  # Ctrl-C: the trial is retried on the next run, from this checkpoint
+            except BaseException:
+                checkpoint.remove()
+                raise
+            checkpoint.remove()  # only a killed or interrupted worker leaves it behind
             check_finite(run.history)
             value, epoch = best_epoch(run.history[monitor])
 

@@ -34,6 +34,7 @@ OWNER_ATTR = "owner"  # "host:pid:start" of the process running the trial
 RETRY_OF = "retry_of"  # a retried trial: the number of the trial it repeats
 RUN_ATTRS = (OWNER_ATTR, "mlflow_run_id", "fail_reason", "seed", "epochs_run", "pruned_at_epoch")
 JOURNAL = "journal:"  # journal:path/to/study.log, Optuna's file storage for several processes
+INTERRUPTED = "KeyboardInterrupt"  # how the fail_reason of a trial cut by Ctrl-C starts
 
 
 def _started(pid: int) -> str | None:
@@ -123,18 +124,30 @@ class Recovery:
                 continue
             self._failed(study, trial, reason)
 
+    def retry_interrupted(self, study: optuna.Study) -> int | None:
+        """After Ctrl-C: queue again the trial this process was training (Optuna has failed it
+        with the KeyboardInterrupt); its number, or None when no trial was cut."""
+        me = owner_id()
+        mine = [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get(OWNER_ATTR) == me]
+        last = max(mine, key=lambda t: t.number, default=None)
+        if (last is None or last.state != optuna.trial.TrialState.FAIL
+                or not str(last.user_attrs.get("fail_reason", "")).startswith(INTERRUPTED)):
+            return None  # Ctrl-C came between trials
+        return last.number if self._retry(study, last) else None
+
     def _failed(self, study: optuna.Study, trial: optuna.trial.FrozenTrial, reason: str) -> None:
         if self.tracker is not None:
             self.tracker.end_dead_run(trial.user_attrs.get("mlflow_run_id"), reason,
                                       epochs=len(trial.intermediate_values))
         self._retry(study, trial)
 
-    def _retry(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+    def _retry(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
         """Queue the trial again, as Optuna's retry callback does, but without the dead run's
-        own attributes: a retry still carrying the dead owner would look dead itself."""
+        own attributes: a retry still carrying the dead owner would look dead itself. False
+        when the trial has used up its `retries`."""
         history = [*trial.user_attrs.get("retry_history", []), trial.number]
         if len(history) > self.settings["retries"]:
-            return
+            return False
         kept = {k: v for k, v in trial.user_attrs.items() if k not in RUN_ATTRS}
         study.add_trial(optuna.trial.create_trial(
             state=optuna.trial.TrialState.WAITING,
@@ -144,6 +157,7 @@ class Recovery:
                         "retry_history": history},
             intermediate_values=trial.intermediate_values,  # the pruner sees the whole curve
         ))
+        return True
 
 
 def retried_from(trial: optuna.Trial) -> int | None:

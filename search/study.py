@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -23,11 +24,9 @@ from search.urls import mask_password
 DEFAULT_STORAGE = "sqlite:///optuna.db"
 ENGINES = ("optuna", "keras-tuner")
 SETTINGS_ATTR = "medtune_settings"  # what a continued study must agree on
-FINISHED = (
-    optuna.trial.TrialState.COMPLETE,
-    optuna.trial.TrialState.PRUNED,
-    optuna.trial.TrialState.FAIL,
-)
+# What `n_trials` counts: trials that gave the search an answer. A failed trial does not count:
+# one whose worker died or was interrupted is retried, one that failed on its own is not.
+COUNTED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 
 
 @dataclass(frozen=True)
@@ -38,7 +37,7 @@ class TuneSettings:
     storage: str
     data_dir: str | None
     seed: int
-    n_trials: int  # total finished trials the study should reach, counting earlier runs
+    n_trials: int  # complete + pruned trials the study should reach, counting earlier runs
     timeout: float | None
     epochs: int
     image_size: int
@@ -146,32 +145,71 @@ def feature_base(base: str | None, size: int, tracking_uri: str | None) -> Featu
     return imagenet_base(size, base)
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during a study; `trial` is the trial that was cut and will be retried."""
+
+    def __init__(self, trial: int | None):
+        super().__init__(trial)
+        self.trial = trial
+
+
 def _optimize(spec, settings, study, problem, tracker, recovery, guard, verbose,
               show_progress_bar) -> None:
-    """Optuna's loop: the sampler proposes, the pruner stops, until `n_trials` have finished
-    (counting every worker's trials: several processes may share the study)."""
+    """Optuna's loop: the sampler proposes, the pruner stops, until `n_trials` trials have
+    completed or been pruned (counting every worker's trials: several processes may share the
+    study). A failed trial does not count, so the loop goes on past it; a run whose own trials
+    keep failing stops after as many failures as it was asked to finish trials."""
     objective = make_objective(spec, problem, tracker, epochs=settings.epochs,
                                seed=settings.seed, storage=settings.storage, verbose=verbose)
-    remaining = max(0, settings.n_trials - finished_trials(study))
-    if remaining:
-        # What is alive now (modules, data, storage) lives as long as the study: keep it out of
-        # the collection each trial ends with, which then takes milliseconds instead of seconds.
-        gc.collect()
-        gc.freeze()
-        try:
+    deadline = time.monotonic() + settings.timeout if settings.timeout else None
+    failures = FailureCount(max(1, settings.n_trials - counted_trials(study)))
+    budget = EpochBudget(settings.epoch_budget)
+    # What is alive now (modules, data, storage) lives as long as the study: keep it out of
+    # the collection each trial ends with, which then takes milliseconds instead of seconds.
+    gc.collect()
+    gc.freeze()
+    try:
+        while (remaining := settings.n_trials - counted_trials(study)) > 0:
+            left = None if deadline is None else deadline - time.monotonic()
+            if (left is not None and left <= 0) or budget.spent(study) or failures.stopped:
+                break
             study.optimize(
                 objective,
                 n_trials=remaining,
-                timeout=settings.timeout,
+                timeout=left,
                 catch=(Exception,),  # a failed trial is recorded (FAIL, MLflow FAILED); go on
-                callbacks=[MaxTrialsCallback(settings.n_trials, states=FINISHED),
-                           EpochBudget(settings.epoch_budget), recovery.fail_orphans,
-                           *([guard] if guard else []), FreezeSurvivors()],
+                callbacks=[MaxTrialsCallback(settings.n_trials, states=COUNTED), budget,
+                           failures, recovery.fail_orphans, *([guard] if guard else []),
+                           FreezeSurvivors()],
                 show_progress_bar=show_progress_bar,
                 gc_after_trial=False,  # fresh_keras_session collects once per trial already
             )
-        finally:
-            gc.unfreeze()
+            if guard is not None and guard.exceeded:
+                break
+    except KeyboardInterrupt:
+        raise Interrupted(recovery.retry_interrupted(study)) from None
+    finally:
+        gc.unfreeze()
+    if failures.stopped:
+        print(f"medtune: stopped after {failures.count} failed trials in this run (see their "
+              "`error` tags in MLflow); fix the cause, then run again to continue", flush=True)
+
+
+class FailureCount:
+    """Counts this run's failed trials; stops the study once there are `limit` of them."""
+
+    def __init__(self, limit: int):
+        self.limit, self.count = limit, 0
+
+    @property
+    def stopped(self) -> bool:
+        return self.count >= self.limit
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        if trial.state == optuna.trial.TrialState.FAIL:
+            self.count += 1
+            if self.stopped:
+                study.stop()
 
 
 class FreezeSurvivors:
@@ -206,13 +244,17 @@ class EpochBudget:
     def __init__(self, budget: int | None):
         self.budget = budget
 
+    def spent(self, study: optuna.Study) -> bool:
+        return bool(self.budget) and epochs_spent(study) >= self.budget
+
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        if self.budget and epochs_spent(study) >= self.budget:
+        if self.spent(study):
             study.stop()
 
 
-def finished_trials(study: optuna.Study) -> int:
-    return len(study.get_trials(deepcopy=False, states=FINISHED))
+def counted_trials(study: optuna.Study) -> int:
+    """The trials `n_trials` counts: complete and pruned ones."""
+    return len(study.get_trials(deepcopy=False, states=COUNTED))
 
 
 def run_study(
@@ -225,7 +267,7 @@ def run_study(
     show_progress_bar: bool = True,
     guard: MemoryGuard | None = None,
 ) -> tuple[optuna.Study, StudyTracker]:
-    """Load the data once, then run trials until the study has `n_trials` finished ones (or
+    """Load the data once, then run trials until the study has `n_trials` counted ones (or
     until `guard` stops this worker to restart it with fresh memory)."""
     # A missing transfer base is found before any data is decoded.
     base = feature_base(settings.base, settings.image_size, tracking_uri) if spec.transfer else None

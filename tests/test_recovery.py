@@ -14,7 +14,8 @@ from mlflow.tracking import MlflowClient
 
 from search.recovery import owner_alive, owner_id
 
-FINISHED = (TS.COMPLETE, TS.PRUNED, TS.FAIL)
+COUNTED = (TS.COMPLETE, TS.PRUNED)
+REPO = Path(__file__).resolve().parents[1]
 
 
 def study_file(tmp_path: Path, recovery: str = "") -> Path:
@@ -61,41 +62,67 @@ def test_owner_check_tells_a_live_process_from_a_dead_one():
     assert owner_alive("another-host:1:1") is None  # the heartbeat decides there
 
 
-def test_kill_9_three_times_loses_nothing_and_the_study_completes(tmp_path, skin_data):
+def mlflow_run_command(task: Path, data: Path, storage: str, *params: str) -> list[str]:
+    """The README's `mlflow run . -e tune ... --env-manager local`, on tiny data."""
+    settings = {"task": task, "data_dir": data, "storage": storage, "image_size": 32}
+    return [sys.executable, "-m", "mlflow", "run", str(REPO), "-e", "tune",
+            "--env-manager", "local",
+            *[a for k, v in settings.items() for a in ("-P", f"{k}={v}")],
+            *[a for p in params for a in ("-P", p)]]
+
+
+def mlflow_run_env(tmp_path: Path, tracking: str) -> dict[str, str]:
+    # `--env-manager local` runs `python` from PATH: the venv's, as after activating it.
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
+    return child_env(tmp_path) | {"MLFLOW_TRACKING_URI": tracking, "PATH": path}
+
+
+def running_trial(storage: str, name: str, worker: subprocess.Popen, *, epochs: int,
+                  skip: list[int]) -> int:
+    """The first RUNNING original trial (not a retry, not in `skip`) `epochs` epochs in."""
+    deadline = time.monotonic() + 240
+    while True:
+        assert worker.poll() is None, "the worker ended before it could be stopped"
+        assert time.monotonic() < deadline, f"no trial reached epoch {epochs} in time"
+        time.sleep(0.2)
+        try:
+            trials = load(storage, name).get_trials(states=(TS.RUNNING,))
+        except KeyError:  # the study is not created yet
+            continue
+        victim = next((t.number for t in trials if len(t.intermediate_values) >= epochs
+                       and "retry_of" not in t.user_attrs and t.number not in skip), None)
+        if victim is not None:
+            return victim
+
+
+def test_kill_9_twice_through_mlflow_run_loses_nothing(tmp_path, skin_data):
+    """The README's command, its whole process group killed with kill -9 mid-trial twice,
+    then run again: the study ends with the trials asked for, each dead trial retried from its
+    checkpoint, and nothing RUNNING in Optuna or MLflow."""
     storage, tracking = f"sqlite:///{tmp_path}/optuna.db", f"sqlite:///{tmp_path}/mlflow.db"
-    task = study_file(tmp_path)
-    command = tune_command(task, skin_data, storage, tracking, "--epochs", "6", "--n-trials", "6")
-    env = child_env(tmp_path)
+    command = mlflow_run_command(study_file(tmp_path), skin_data, storage,
+                                 "epochs=6", "n_trials=6")
+    env = mlflow_run_env(tmp_path, tracking)
     killed: list[int] = []
     complete_before: set[int] = set()
-    for _ in range(3):
+    for _ in range(2):
         worker = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
-                                  stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 180
-        victim = None
-        while victim is None:  # an original trial (not a retry) 2 epochs in: kill it there
-            assert worker.poll() is None, "the worker ended before it could be killed"
-            assert time.monotonic() < deadline, "no trial reached its 2nd epoch in time"
-            time.sleep(0.2)
-            try:
-                trials = load(storage, "lenet_recover").get_trials(states=(TS.RUNNING,))
-            except KeyError:  # the study is not created yet
-                continue
-            victim = next((t.number for t in trials if len(t.intermediate_values) >= 2
-                           and "retry_of" not in t.user_attrs and t.number not in killed), None)
+                                  stderr=subprocess.DEVNULL, start_new_session=True)
+        victim = running_trial(storage, "lenet_recover", worker, epochs=2, skip=killed)
         complete_before |= {t.number for t in load(storage, "lenet_recover").trials
                             if t.state == TS.COMPLETE}
-        os.kill(worker.pid, signal.SIGKILL)
+        os.killpg(worker.pid, signal.SIGKILL)  # `mlflow run` and its worker both
         worker.wait()
         killed.append(victim)
 
     done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=400)
-    assert done.returncode == 0, done.stderr[-3000:]
+                          timeout=500)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "6 of 6 trials done" in done.stdout
 
     trials = load(storage, "lenet_recover").trials
     by_number = {t.number: t for t in trials}
-    assert len([t for t in trials if t.state in FINISHED]) >= 6  # n_trials reached
+    assert len([t for t in trials if t.state in COUNTED]) == 6  # n_trials reached, exactly
     assert not [t for t in trials if t.state == TS.RUNNING]
     assert all(by_number[n].state == TS.COMPLETE for n in complete_before)  # nothing lost
     for number in killed:
@@ -103,9 +130,9 @@ def test_kill_9_three_times_loses_nothing_and_the_study_completes(tmp_path, skin
         assert "died during the trial" in by_number[number].user_attrs["fail_reason"]
 
     client = MlflowClient(tracking)
-    experiment = client.get_experiment_by_name("medtune").experiment_id
-    children = [r for r in client.search_runs([experiment])
-                if "medtune.trial_number" in r.data.tags]
+    every = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert {r.info.status for r in every} <= {"FINISHED", "FAILED", "KILLED"}  # none RUNNING
+    children = [r for r in every if "medtune.trial_number" in r.data.tags]
     names = [r.info.run_name for r in children]
     assert len(names) == len(set(names)) == len([t for t in trials if t.state != TS.WAITING])
     runs = {int(r.data.tags["medtune.trial_number"]): r for r in children}
@@ -120,14 +147,37 @@ def test_kill_9_three_times_loses_nothing_and_the_study_completes(tmp_path, skin
         steps = [m.step for m in client.get_metric_history(runs[retry.number].info.run_id,
                                                            "val_accuracy")]
         assert steps == [1, 2, 3, 4, 5, 6]  # earlier epochs carried over, then the rest
-    resumed = [runs[t.number].data.tags["resumed_from_epoch"] for t in trials
-               if "retry_of" in t.user_attrs]
-    print(f"killed trials {killed} at epochs "
-          f"{[len(by_number[n].intermediate_values) for n in killed]}; retries resumed from "
-          f"{resumed}; {len(trials)} trials, {sum(t.state == TS.COMPLETE for t in trials)} "
-          "complete")
     (checkpoints,) = Path(os.environ["MEDTUNE_CHECKPOINTS"]).glob("lenet_recover-*")
     assert not list(checkpoints.glob("t*"))  # every trial ended: no checkpoint left
+
+
+def test_ctrl_c_ends_with_one_line_and_the_cut_trial_is_retried(tmp_path, skin_data):
+    storage, tracking = f"sqlite:///{tmp_path}/optuna.db", f"sqlite:///{tmp_path}/mlflow.db"
+    command = tune_command(study_file(tmp_path), skin_data, storage, tracking,
+                           "--epochs", "4", "--n-trials", "2")
+    env = child_env(tmp_path)
+    worker = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    victim = running_trial(storage, "lenet_recover", worker, epochs=2, skip=[])
+    worker.send_signal(signal.SIGINT)
+    _, err = worker.communicate(timeout=120)
+    assert worker.returncode == 130
+    assert "Traceback" not in err
+    assert f"medtune: interrupted; trial {victim} will be retried on the next run" in err
+    cut = load(storage, "lenet_recover").trials[victim]
+    assert cut.state == TS.FAIL
+
+    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    trials = load(storage, "lenet_recover").trials
+    (retry,) = [t for t in trials if t.user_attrs.get("retry_of") == victim]
+    assert retry.state == TS.COMPLETE and retry.params == cut.params
+    assert len([t for t in trials if t.state in COUNTED]) == 2
+    client = MlflowClient(tracking)
+    run = client.get_run(retry.user_attrs["mlflow_run_id"])
+    assert int(run.data.tags["resumed_from_epoch"]) >= 2  # from the interrupted checkpoint
+    assert client.get_run(cut.user_attrs["mlflow_run_id"]).info.status != "RUNNING"
 
 
 def test_two_workers_share_one_journal_study(tmp_path, skin_data):
@@ -145,7 +195,7 @@ def test_two_workers_share_one_journal_study(tmp_path, skin_data):
 def check_shared_study(storage: str, tracking: str, *, n_trials: int, workers: int) -> None:
     """Trial count and run count agree, nothing is duplicated, every worker took trials."""
     trials = load(storage, "lenet_recover").trials
-    finished = [t for t in trials if t.state in FINISHED]
+    finished = [t for t in trials if t.state in COUNTED]
     # MaxTrialsCallback stops each worker once the study has n_trials; trials already
     # running then still finish, at most one per other worker.
     assert n_trials <= len(finished) <= n_trials + workers - 1

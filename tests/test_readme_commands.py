@@ -1,0 +1,58 @@
+"""Every `mlflow run . -e ...` command the README shows, run as written (in a copy of the
+project, so its `optuna.db`, `mlflow.db` and `mlruns/` land there), in the README's order.
+Tune commands get tiny-data overrides appended; the others run exactly as written."""
+
+import os
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+from mlflow.tracking import MlflowClient
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))  # bench/ runs from the checkout; it is not an installed package
+
+from bench.default_run import working_copy  # noqa: E402
+
+TINY = ("-P", "n_trials=1", "-P", "epochs=1", "-P", "image_size=32")
+
+
+def readme_commands() -> list[str]:
+    """`mlflow run . -e ...` as the README writes them, up to a comment or closing backtick."""
+    found = re.findall(r"(mlflow run \. -e [^`#\n]*)", (REPO / "README.md").read_text())
+    return list(dict.fromkeys(command.strip() for command in found))
+
+
+def test_the_readme_lists_each_entry_point():
+    entry_points = {shlex.split(c)[4] for c in readme_commands()}
+    assert entry_points == {"tune", "tasks", "compare", "export"}
+
+
+def test_every_readme_mlflow_run_command_works_as_written(tmp_path, tiny_course):
+    copy = working_copy(tmp_path / "medtune")
+    bin_dir = Path(sys.executable).parent  # the venv's `mlflow` and `python`, as when active
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env |= {"PATH": f"{bin_dir}{os.pathsep}{env['PATH']}", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    outputs = {}
+    for command in readme_commands():
+        argv = shlex.split(command)
+        if argv[4] == "tune":
+            argv += [*TINY, "-P", f"data_dir={tiny_course}"]
+        done = subprocess.run(argv, cwd=copy, env=env, capture_output=True, text=True,
+                              timeout=400)
+        assert done.returncode == 0, f"{command}\n{done.stdout[-3000:]}{done.stderr[-3000:]}"
+        outputs[command] = done.stdout
+
+    assert "vgg_skin" in outputs["mlflow run . -e tasks --env-manager local"]
+    compared = outputs['mlflow run . -e compare -P studies="vgg_skin alexnet_skin" '
+                       "--env-manager local"]
+    assert "vgg_skin" in compared and "alexnet_skin" in compared
+    assert "registered vgg_skin version 1 as champion" in outputs[
+        "mlflow run . -e export -P study=vgg_skin --env-manager local"]
+    client = MlflowClient(f"sqlite:///{copy}/mlflow.db")
+    assert client.get_model_version_by_alias("vgg_skin", "champion").version == "1"
+    every = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert {r.info.status for r in every} == {"FINISHED"}
