@@ -19,18 +19,69 @@ def sign_accuracy(y_true, y_pred):
     return ops.cast(ops.equal(y_true > 0, y_pred > 0), "float32")
 
 
+class BalancedAccuracy(keras.metrics.Metric):
+    """Mean recall over classes: 0.5 for any constant prediction on two classes, however
+    unbalanced the data, so it moves as soon as a model tells classes apart. `encoding` says
+    how targets and outputs carry the class: "bce" (p > 0.5), "hinge" (sign), "onehot"."""
+
+    def __init__(self, n_classes: int = 2, encoding: str = "bce", name="balanced_accuracy",
+                 **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.n_classes, self.encoding = n_classes, encoding
+        self.counts = self.add_variable((n_classes, n_classes), initializer="zeros",
+                                        name="confusion")
+
+    def _classes(self, values):
+        if self.encoding == "onehot":
+            return ops.argmax(values, axis=-1)
+        threshold = 0.0 if self.encoding == "hinge" else 0.5
+        return ops.cast(ops.reshape(values, (-1,)) > threshold, "int32")
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        true, predicted = self._classes(y_true), self._classes(y_pred)
+        pairs = ops.one_hot(true * self.n_classes + predicted, self.n_classes ** 2)
+        self.counts.assign_add(ops.reshape(ops.sum(pairs, axis=0), self.counts.shape))
+
+    def result(self):
+        per_class = ops.sum(self.counts, axis=1)
+        recall = ops.divide_no_nan(ops.diagonal(self.counts), per_class)
+        present = ops.cast(per_class > 0, "float32")
+        return ops.divide_no_nan(ops.sum(recall * present), ops.sum(present))
+
+    def reset_state(self):
+        self.counts.assign(ops.zeros(self.counts.shape))
+
+    def get_config(self):
+        return {**super().get_config(), "n_classes": self.n_classes, "encoding": self.encoding}
+
+
+class MarginAUC(keras.metrics.AUC):
+    """ROC AUC of a hinge model: -1/+1 targets, linear margins (a sigmoid keeps the order)."""
+
+    def __init__(self, name="auc", **kwargs):
+        super().__init__(name=name, from_logits=True, **kwargs)
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        super().update_state(ops.cast(y_true > 0, "float32"), y_pred, sample_weight)
+
+
 def loss_and_metrics(loss: str, n_classes: int = 2) -> tuple[keras.losses.Loss, list]:
-    """The Keras loss and the `accuracy` metric that scores it correctly."""
+    """The Keras loss and the metrics that score it correctly: `accuracy`, `auc` and
+    `balanced_accuracy`, any of which a study file may name as its objective."""
     if n_classes > 2 or loss == "categorical":
         return keras.losses.CategoricalCrossentropy(), [
-            keras.metrics.CategoricalAccuracy(name="accuracy")
+            keras.metrics.CategoricalAccuracy(name="accuracy"),
+            keras.metrics.AUC(name="auc"),  # one-vs-rest, micro-averaged
+            BalancedAccuracy(n_classes, "onehot"),
         ]
     if loss == "bce":
-        return keras.losses.BinaryCrossentropy(), [keras.metrics.BinaryAccuracy(name="accuracy")]
+        return keras.losses.BinaryCrossentropy(), [
+            keras.metrics.BinaryAccuracy(name="accuracy"), keras.metrics.AUC(name="auc"),
+            BalancedAccuracy(2, "bce")]
     if loss == "hinge":
         return keras.losses.Hinge(), [
-            keras.metrics.MeanMetricWrapper(sign_accuracy, name="accuracy")
-        ]
+            keras.metrics.MeanMetricWrapper(sign_accuracy, name="accuracy"), MarginAUC(),
+            BalancedAccuracy(2, "hinge")]
     raise ValueError(f"unknown loss {loss!r}; choose one of: bce, hinge, categorical")
 
 

@@ -16,6 +16,7 @@ from search.checkpoints import Checkpoint
 from search.problems import Classification, Segmentation
 from search.recovery import OWNER_ATTR, owner_id, retried_from
 from search.spec import StudySpec, suggest
+from search.stopping import StuckOrDiverged
 from search.tracking import StudyTracker
 from search.training import (
     EpochLines,
@@ -37,6 +38,10 @@ def make_objective(
     verbose: bool = True,
 ) -> Callable[[optuna.Trial], float]:
     monitor = spec.objective
+    try:
+        chance = problem.chance(monitor)  # what a constant prediction scores
+    except KeyError:
+        chance = None
 
     def objective(trial: optuna.Trial) -> float:
         trial.set_user_attr(OWNER_ATTR, owner_id())  # first: a dead owner fails the trial
@@ -58,10 +63,11 @@ def make_objective(
                 return done
 
             lines = [EpochLines(run.name, epochs)] if verbose else []
+            watch = StuckOrDiverged(monitor, chance, spec.training)
             try:
                 model, _, val = fit(
                     spec, problem, config, epochs=epochs, seed=trial_seed,
-                    callbacks=[*lines, run.keras_callback(), checkpoint.callback()],
+                    callbacks=[*lines, run.keras_callback(), checkpoint.callback(), watch],
                     pruning=KerasPruningCallback(trial, monitor),
                     restore=resume if origin is not None and checkpoint.exists() else None,
                 )
@@ -72,6 +78,9 @@ def make_objective(
                 raise
             checkpoint.remove()  # only a killed or interrupted worker leaves it behind
             check_finite(run.history)
+            if watch.reason:  # its epochs are better spent on other trials
+                trial.set_user_attr("stopped_because", watch.reason)
+                raise optuna.TrialPruned(watch.reason)
             value, epoch = best_epoch(run.history[monitor])
 
             # The weights are the best epoch's (EarlyStopping restored them): judge those.

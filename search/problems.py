@@ -51,6 +51,22 @@ class Classification:
     def loss_and_metrics(self, config: Mapping[str, Any]) -> tuple:
         return loss_and_metrics(config["loss"], self.data.n_classes)
 
+    def majority_rates(self) -> dict[str, float]:
+        """Each split's share of its most common class: the accuracy of a constant guess."""
+        return {split: float(np.bincount(y).max() / len(y))
+                for split, y in self.labels().items() if len(y)}
+
+    def labels(self) -> dict[str, np.ndarray]:
+        data = self.data
+        found = {"train": data.y_train, "val": data.y_val}
+        return found | ({"test": data.extra["y_test"]} if "y_test" in data.extra else {})
+
+    def chance(self, monitor: str) -> float:
+        """What a constant prediction scores on `monitor` (validation)."""
+        return {"val_accuracy": self.majority_rates()["val"],
+                "val_balanced_accuracy": 1.0 / self.data.n_classes,
+                "val_auc": 0.5}[monitor]
+
     def datasets(self, config: Mapping[str, Any], seed: int) -> tuple[tf.data.Dataset, ...]:
         data, loss = self.data, config["loss"]
         augment = None
@@ -80,9 +96,8 @@ class Classification:
         )
         if self.data.n_classes == 2:
             scores = np.asarray(outputs).reshape(len(outputs), -1)[:, -1]
-            figure, auc = plots.roc_curve(self.data.y_val, scores, names, title=title)
-            run.log_figure(figure, "plots/roc_curve.png")
-            run.log_metrics({"val_auc": auc})
+            figure, _ = plots.roc_curve(self.data.y_val, scores, names, title=title)
+            run.log_figure(figure, "plots/roc_curve.png")  # its AUC is the epoch's val_auc
         gradcam = self.spec.gradcam
         if gradcam and (gradcam["trials"] == "all" or best_so_far):
             self._log_gradcam(run, model, predicted, gradcam["images"], title)
@@ -118,6 +133,18 @@ class Segmentation:
 
     def loss_and_metrics(self, config: Mapping[str, Any]) -> tuple:
         return segmentation_loss_and_metrics(config["loss"])
+
+    def majority_rates(self) -> dict[str, float]:
+        """Each split's share of background pixels: the accuracy of an empty mask."""
+        return {"train": float(1 - self.data.y_train.mean()),
+                "val": float(1 - self.data.y_val.mean())}
+
+    def chance(self, monitor: str) -> float:
+        """What a constant mask scores on `monitor`: the dice of marking every pixel."""
+        if monitor != "val_dice":
+            raise KeyError(monitor)
+        share = float(self.data.y_val.mean())
+        return 2 * share / (1 + share)
 
     def datasets(self, config: Mapping[str, Any], seed: int) -> tuple[tf.data.Dataset, ...]:
         data = self.data

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import optuna
@@ -16,10 +17,19 @@ PRUNERS = {
 }
 
 
-def make_pruner(settings: dict[str, Any]) -> optuna.pruners.BasePruner:
-    """`{type = "median", n_warmup_steps = 2, ...}` -> the pruner, its other keys as arguments."""
+# Pruners whose rungs run up to the most epochs a trial may train: given the study's `epochs`
+# unless the study file names it ("auto" would guess it from the first trial to finish, which
+# may have stopped early).
+MAX_RESOURCE = {"hyperband": "max_resource", "successive_halving": None}
+
+
+def make_pruner(settings: dict[str, Any], epochs: int | None = None) -> optuna.pruners.BasePruner:
+    """`{type = "hyperband", min_resource = 2, ...}` -> the pruner, its other keys as arguments;
+    Hyperband's `max_resource` is the trial's `epochs` unless the file says otherwise."""
     options = dict(settings)
     kind = options.pop("type", "median")
+    if MAX_RESOURCE.get(kind) and epochs is not None:
+        options.setdefault(MAX_RESOURCE[kind], epochs)
     if kind not in PRUNERS:
         raise ValueError(f"unknown pruner {kind!r}; choose one of: {', '.join(PRUNERS)}")
     try:
@@ -43,6 +53,8 @@ def make_sampler(settings: dict[str, Any], seed: int) -> optuna.samplers.BaseSam
     if kind not in SAMPLERS:
         raise ValueError(f"unknown sampler {kind!r}; choose one of: {', '.join(SAMPLERS)}")
     try:
-        return SAMPLERS[kind](seed=seed, **options)
+        with warnings.catch_warnings():  # TPE's multivariate, group, constant_liar: experimental
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return SAMPLERS[kind](seed=seed, **options)
     except TypeError as error:
         raise ValueError(f"sampler {kind!r}: {error}") from None

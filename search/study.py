@@ -104,7 +104,7 @@ def open_study(
         study_name=settings.study_name,
         storage=recovery.storage(settings.storage),
         sampler=make_sampler(spec.sampler, settings.seed),
-        pruner=make_pruner(spec.pruner),
+        pruner=make_pruner(spec.pruner, settings.epochs),
         direction="maximize",
         load_if_exists=True,
     )
