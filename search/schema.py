@@ -120,14 +120,23 @@ def _table(value: dict, node: Table, path: tuple[str, ...], complete: bool) -> I
             yield _unknown(key, node.keys, path)
         else:
             yield from _walk(item, child, (*path, key), complete)
-    if complete and node.required and not any(set(way) <= set(value) for way in node.required):
-        # the way the table has begun on ({low = 0} is a range), else the shortest
-        way = min(node.required, key=lambda w: (not set(w) & set(value), len(w)))
+    yield from _required(value, node.required, path, complete)
+
+
+def _required(value: dict, ways: tuple[tuple[str, ...], ...], path: tuple[str, ...],
+              complete: bool) -> Iterator[str]:
+    """One of `ways` (alternative sets of keys) in full, and keys of no other way."""
+    begun = [way for way in ways if set(way) & set(value)]
+    if len(begun) > 1:  # a dimension is choices, or low and high, not both
+        yield (f"{_where(path)} mixes {' and '.join(begun[0])} with {' and '.join(begun[1])}; "
+               "give one or the other")
+    if complete and ways and not any(set(way) <= set(value) for way in ways):
+        way = (begun or sorted(ways, key=len))[0]  # the one begun ({low = 0}), else the shortest
         missing = [key for key in way if key not in value]
-        ways = ", or ".join(" and ".join(way) for way in node.required)
         yield (f"{_where(path)} missing required key{'s' if len(missing) > 1 else ''} "
                f"{', '.join(map(repr, missing))}"
-               + (f" (it needs {ways})" if len(node.required) > 1 else ""))
+               + (f" (it needs {', or '.join(' and '.join(w) for w in ways)})"
+                  if len(ways) > 1 else ""))
 
 
 def _options(value: dict, node: OptunaOptions, path: tuple[str, ...]) -> Iterator[str]:

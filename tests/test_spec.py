@@ -220,6 +220,8 @@ def test_a_task_without_model_is_refused(tmp_path):
     ("[space]\ndropout = 0.5\n", "[space.dropout] must be a table, got 0.5"),
     (SPACE + "[sampler]\nseed = 3\n", "[sampler] seed cannot be set here: the seed comes from"),
     (SPACE + "x = \n", "not valid TOML"),
+    ("[space]\nrate = { choices = [1, 2], low = 0 }\n",
+     "[space.rate] mixes choices with low and high; give one or the other"),
 ])
 def test_wrong_values_are_named(tmp_path, text, expected):
     with pytest.raises(ValueError) as error:
