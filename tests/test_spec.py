@@ -243,3 +243,12 @@ n_warmup_steps = 1
     assert spec.fixed == {"anything": "the model checks it"}
     assert spec.sampler == {"type": "random"}
     assert isinstance(make_pruner(spec.pruner), optuna.pruners.PercentilePruner)
+
+
+def test_the_cli_prints_a_bad_study_file_as_one_line(tmp_path, capsys):
+    from search.cli import main
+
+    path = write_study(tmp_path, "[space]\ndropout = { low = 0.0, hgih = 0.5 }\n")
+    assert main(["tune", "--task", path]) == 2
+    assert capsys.readouterr().err == (f"medtune: error: study file {path}: [space.dropout] "
+                                       "unknown key 'hgih'; did you mean 'high'?\n")
