@@ -52,3 +52,15 @@ def test_unknown_kind_of_database_is_named():
 def test_a_good_sqlite_storage_still_opens(tmp_path):
     storage = open_storage(f"sqlite:///{tmp_path / 'o.db'}")
     assert isinstance(storage, optuna.storages.RDBStorage)
+
+
+def test_the_cli_prints_an_unreachable_storage_as_one_line(workdir, tiny_skin, capsys):
+    from conftest import tune
+
+    url = "postgresql+psycopg2://medtune:s3cret@127.0.0.1:1/optuna"
+    assert tune(workdir, "--task", "lenet_skin", "--data-dir", str(tiny_skin),
+                "--storage", url) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("medtune: error: cannot reach the Optuna storage "
+                          "postgresql+psycopg2://medtune:***@127.0.0.1:1/optuna: ")
+    assert err.count("\n") == 1 and "s3cret" not in err and "Traceback" not in err
