@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -95,11 +96,11 @@ def lab2_split(dataset: DataSet, folder: Path) -> FileSplit:
     paths, labels = [], []
     for label, name in enumerate(dataset.classes):
         files = sorted(p for p in sub[name.lower()].iterdir() if is_image(p))
-        if not files:
-            raise DataError(f"class folder {sub[name.lower()]} holds no images.")
         paths += files
         labels += [label] * len(files)
-    return FileSplit(paths, np.asarray(labels, dtype="int64"))
+    labels = np.asarray(labels, dtype="int64")
+    require_classes(str(folder), labels, dataset.classes, "empty class folder")
+    return FileSplit(paths, labels)
 
 
 def lab1_split(dataset: DataSet, folder: Path) -> FileSplit:
@@ -119,7 +120,26 @@ def lab1_split(dataset: DataSet, folder: Path) -> FileSplit:
         labels.append(hits[0])
     if not paths:
         raise DataError(f"{folder} holds no images.")
-    return FileSplit(paths, np.asarray(labels, dtype="int64"))
+    labels = np.asarray(labels, dtype="int64")
+    require_classes(str(folder), labels, dataset.tokens)
+    return FileSplit(paths, labels)
+
+
+def require_classes(where: str, labels: np.ndarray, names: Sequence[str], why: str = "") -> None:
+    """Every class has images in `where` (a split): one class alone trains a model that always
+    says that class, and scores it perfect; a validation split without a class misjudges."""
+    counts = np.bincount(labels, minlength=len(names))
+    missing = [repr(name) for name, n in zip(names, counts, strict=False) if n == 0]
+    if not missing:
+        return
+    found = [f"{name!r} ({n} image{'s' if n != 1 else ''})"
+             for name, n in zip(names, counts, strict=False) if n]
+    holds = (f"holds only class {found[0]}" if len(found) == 1
+             else f"holds classes {', '.join(found)}" if found else "holds no images")
+    need = ("a classifier needs at least two classes" if len(found) < 2
+            else f"each split needs images of all {len(names)} classes")
+    raise DataError(f"{where} {holds}; no image of class {', '.join(missing)}"
+                    f"{f' ({why})' if why else ''} — {need}")
 
 
 def file_splits(dataset: DataSet, layout: str, root: Path) -> dict[str, FileSplit]:
@@ -154,6 +174,10 @@ def medmnist_splits(dataset: DataSet, path: Path) -> dict[str, tuple[np.ndarray,
             f"{path} has {n_found} classes but the task's data set '{dataset.key}' has "
             f"{dataset.n_classes}; pick a task with {n_found} classes or another file."
         )
+    # Labels 0..k-1, k the largest label + 1 (at least two): each split must hold them all.
+    names = [str(label) for label in range(max(n_found, 2))]
+    for name, (_, labels) in splits.items():
+        require_classes(f"{path} split '{name}'", labels, names)
     return splits
 
 

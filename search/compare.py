@@ -6,6 +6,7 @@ import optuna
 import pandas as pd
 
 from search.recovery import open_storage
+from search.urls import mask_password
 
 TS = optuna.trial.TrialState
 
@@ -18,7 +19,8 @@ def best_trials(storage: str, studies: list[str], top: int = 3) -> pd.DataFrame:
             study = optuna.load_study(study_name=name, storage=open_storage(storage))
         except KeyError:
             known = ", ".join(optuna.get_all_study_names(open_storage(storage))) or "none"
-            raise ValueError(f"no study {name!r} in {storage}; studies there: {known}") from None
+            raise ValueError(f"no study {name!r} in {mask_password(storage)}; "
+                             f"studies there: {known}") from None
         objective = study.user_attrs.get("medtune_objective", "value")
         done = sorted(study.get_trials(deepcopy=False, states=(TS.COMPLETE,)),
                       key=lambda t: t.value, reverse=True)

@@ -8,6 +8,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from search.urls import mask_password
+
 PACKAGES = ("medtune", "tensorflow-cpu", "keras", "optuna", "optuna-integration", "mlflow",
             "numpy", "scikit-learn", "matplotlib", "pillow")
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -39,14 +41,27 @@ def package_versions(names: tuple[str, ...] = PACKAGES) -> dict[str, str | None]
 def manifest(
     *, settings: dict[str, Any], sampler: dict, pruner: dict, data: dict[str, Any], study_file: str
 ) -> dict[str, Any]:
+    """The manifest of a study; any password in its settings or data (storage URLs) masked."""
     return {
-        "settings": settings,  # the seed among them: sampler seed, and seed + n for trial n
+        # the seed among them: sampler seed, and seed + n for trial n
+        "settings": masked(settings),
         "sampler": {"type": "tpe", **sampler},
         "pruner": pruner,
-        "data": data,
+        "data": masked(data),
         "git": git_commit(),
         "python": platform.python_version(),
         "platform": platform.platform(),
         "packages": package_versions(),
         "study_file": study_file,
     }
+
+
+def masked(value: Any) -> Any:
+    """`value` with the passwords of the URLs in its strings masked, at any depth."""
+    if isinstance(value, str):
+        return mask_password(value)
+    if isinstance(value, dict):
+        return {key: masked(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [masked(item) for item in value]
+    return value

@@ -14,6 +14,8 @@ import pandas as pd  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 from sklearn.metrics import ConfusionMatrixDisplay, RocCurveDisplay  # noqa: E402
 
+from search.urls import mask_password  # noqa: E402
+
 
 def learning_curves(history: Mapping[str, Sequence[float]], title: str = "") -> plt.Figure:
     """One panel per metric (loss, accuracy, ...), training against validation, per epoch."""
@@ -146,7 +148,11 @@ def trials_table(study):
         c for c in ("user_attrs_epochs_run", "user_attrs_best_epoch",
                     "user_attrs_pruned_at_epoch", "user_attrs_fail_reason",
                     "user_attrs_baseline", "user_attrs_mlflow_run_id") if c in table.columns]
-    return table[keep].rename(columns=lambda c: c.removeprefix("user_attrs_"))
+    table = table[keep].rename(columns=lambda c: c.removeprefix("user_attrs_"))
+    if "fail_reason" in table:  # an error's text may hold a storage URL
+        table["fail_reason"] = table["fail_reason"].map(
+            lambda reason: mask_password(reason) if isinstance(reason, str) else reason)
+    return table
 
 
 def best_trials_bars(table) -> plt.Figure:

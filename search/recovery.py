@@ -25,7 +25,9 @@ from typing import TYPE_CHECKING, Any
 import optuna
 from optuna.storages import JournalStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend
-from sqlalchemy.exc import IntegrityError, ProgrammingError
+from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError, ProgrammingError
+
+from search.storages import storage_error
 
 if TYPE_CHECKING:
     from search.tracking import StudyTracker
@@ -83,7 +85,10 @@ class Recovery:
     def storage(self, url: str) -> optuna.storages.BaseStorage:
         """The Optuna storage for `url`, with heartbeats where the storage has them."""
         if url.startswith(JOURNAL):
-            return open_storage(url)
+            try:
+                return open_storage(url)
+            except OSError as error:
+                raise storage_error(url, error) from error
         engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
         for attempt in range(3):
             try:
@@ -102,6 +107,9 @@ class Recovery:
                 if attempt == 2:
                     raise
                 time.sleep(1.0 + attempt)
+            except (OperationalError, ArgumentError, ImportError) as error:
+                # no server, no folder, no driver, no URL: one line, not SQLAlchemy's traceback
+                raise storage_error(url, error) from error
         raise AssertionError("unreachable")
 
     def _stale(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:

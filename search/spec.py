@@ -10,6 +10,8 @@ from typing import Any
 
 import optuna
 
+from search import schema
+
 DEFAULTS = "_defaults.toml"
 
 
@@ -53,12 +55,27 @@ def load_spec(task: str) -> StudySpec:
             raise ValueError(f"unknown task {task!r}; known tasks: {', '.join(task_names())}")
     elif not path.is_file():
         raise ValueError(f"study file {path} does not exist")
-    text = path.read_text()
-    raw = _merge(tomllib.loads((studies_dir() / DEFAULTS).read_text()), tomllib.loads(text))
+    own, text = read_study(path)
+    raw = _merge(read_study(studies_dir() / DEFAULTS)[0], own)
     try:
+        schema.check_complete(raw)
         return _build(path.stem, raw, text)
     except (KeyError, TypeError, ValueError) as error:
         raise ValueError(f"study file {path}: {error}") from error
+
+
+def read_study(path: Path) -> tuple[dict, str]:
+    """A study file's table and text, its keys checked against the schema (`search.schema`)."""
+    text = path.read_text()
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        raise ValueError(f"study file {path}: not valid TOML: {error}") from None
+    try:
+        schema.check_keys(raw)
+    except ValueError as error:
+        raise ValueError(f"study file {path}: {error}") from None
+    return raw, text
 
 
 def _merge(base: dict, override: dict) -> dict:

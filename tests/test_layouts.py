@@ -46,10 +46,10 @@ def test_lab1_flat_layout_labels_from_file_names(tmp_path):
 def test_lab1_nine_organ_prefixes(tmp_path):
     root = tmp_path / "X_ray"
     for split in ("train", "test"):
-        for k in (1, 4, 9):
-            write_png(root / split / f"C{k}_{k * 7}.png", k)
+        for k in range(1, 10):
+            write_png(root / split / f"C{k}_{k * 7}.png", k, size=8)
     data = loader.load("xray9", root, image_size=8)  # the data set's own folder works too
-    assert data.y_train.tolist() == [0, 3, 8]
+    assert data.y_train.tolist() == list(range(9))
     assert data.n_classes == 9
 
 
@@ -225,3 +225,64 @@ def test_image_without_mask(tmp_path):
 def test_no_pairs_folder(tmp_path):
     with pytest.raises(DataError, match="no X_ray image/mask pairs"):
         loader.load("lungs", tmp_path, image_size=8)
+
+
+# --- one class is no classification: every split holds every class ---------------------
+
+
+def test_lab1_folder_of_one_class_is_refused(tmp_path):
+    root = tmp_path / "Lab1" / "Skin"
+    for split in ("train", "test"):
+        for i in range(12):
+            write_png(root / split / f"Mel_{i}.png", i, size=8)
+    with pytest.raises(DataError) as error:
+        loader.load("skin", tmp_path, image_size=8)
+    assert str(error.value) == (
+        f"{(root / 'train').resolve()} holds only class 'Mel' (12 images); no image of class "
+        "'Nev' — a classifier needs at least two classes")
+
+
+def test_lab1_validation_without_a_class_is_refused(tmp_path):
+    root = tmp_path / "X_ray"
+    for k in range(1, 10):
+        write_png(root / "train" / f"C{k}_{k}.png", k, size=8)
+        if k not in (2, 7):
+            write_png(root / "test" / f"C{k}_{k + 10}.png", k, size=8)
+    with pytest.raises(DataError, match=r"test holds classes 'C1' \(1 image\), 'C3' .*; no image "
+                                        r"of class 'C2', 'C7' — each split needs images of all 9"):
+        loader.load("xray9", root, image_size=8)
+
+
+def test_lab2_empty_class_folder_is_refused(tmp_path):
+    root = lab2_folder(tmp_path / "Lab2" / "Skin", per_class=(3, 0))
+    (root / "train" / "Nevi").mkdir(parents=True)
+    with pytest.raises(DataError) as error:
+        loader.load("skin", tmp_path, image_size=8)
+    assert str(error.value) == (
+        f"{(root / 'train').resolve()} holds only class 'Mel' (3 images); no image of class "
+        "'Nevi' (empty class folder) — a classifier needs at least two classes")
+
+
+def test_lab2_validation_without_a_class_is_refused(tmp_path):
+    root = lab2_folder(tmp_path / "Skin")
+    for image in (root / "validation" / "Nevi").iterdir():
+        image.unlink()
+    with pytest.raises(DataError, match="validation holds only class 'Mel' .3 images.; no image "
+                                        "of class 'Nevi'"):
+        loader.load("skin", tmp_path, image_size=8)
+
+
+@pytest.mark.parametrize(("labels", "expected"), [
+    ({"train": 0}, "split 'train' holds only class '0' (6 images); no image of class '1' — a "
+                   "classifier needs at least two classes"),
+    ({"val": 1}, "split 'val' holds only class '1' (4 images); no image of class '0'"),
+])
+def test_medmnist_split_of_one_class_is_refused(tmp_path, labels, expected):
+    path = tiny_npz(tmp_path / "derma.npz")
+    arrays = dict(np.load(path))
+    for split, label in labels.items():
+        arrays[f"{split}_labels"][:] = label
+    np.savez(path, **arrays)
+    with pytest.raises(DataError) as error:
+        loader.load("skin", path, image_size=8)
+    assert expected in str(error.value) and str(path) in str(error.value)

@@ -151,3 +151,104 @@ augment = { choices = [false, true] }
 """)
     with pytest.raises(ValueError, match="when = 'augment' must name a search dimension listed"):
         load_spec(path)
+
+
+SPACE = "[space]\nbase = { choices = [8] }\n"
+BAD_KEYS = {  # study text -> (the table, the bad key, the suggestion)
+    "space_typo": ("[space]\ndropout = { low = 0.0, hgih = 0.5 }\n",
+                   "[space.dropout]", "'hgih'", "did you mean 'high'?"),
+    "space_step": ("[space]\nunits = { low = 1, high = 5, stepp = 2 }\n",
+                   "[space.units]", "'stepp'", "did you mean 'step'?"),
+    "top_level": ("epochz = 3\n" + SPACE, "top level", "'epochz'",
+                  "did you mean 'epochs' in [budget.<name>]?"),
+    "training": (SPACE + "[training]\nearly_stoping_patience = 1\n", "[training]",
+                 "'early_stoping_patience'", "did you mean 'early_stopping_patience'?"),
+    "budget": (SPACE + "[budget.quick]\nn_trails = 3\n", "[budget.quick]", "'n_trails'",
+               "did you mean 'n_trials'?"),
+    "recovery": (SPACE + "[recovery]\nretry = 3\n", "[recovery]", "'retry'",
+                 "did you mean 'retries'?"),
+    "gradcam": (SPACE + '[gradcam]\ntrials = "best"\nimage = 3\n', "[gradcam]", "'image'",
+                "did you mean 'images'?"),
+    "augment_space": (SPACE + '[augment_space]\naug_zoom = { low = 0.0, hihg = 0.1 }\n',
+                      "[augment_space.aug_zoom]", "'hihg'", "did you mean 'high'?"),
+    "sampler": (SPACE + "[sampler]\nn_startup_trails = 3\n", "[sampler]",
+                "'n_startup_trails' for 'tpe'", "did you mean 'n_startup_trials'?"),
+    "pruner": (SPACE + '[pruner]\ntype = "hyperband"\nmin_resourse = 3\n', "[pruner]",
+               "'min_resourse' for 'hyperband'", "did you mean 'min_resource'?"),
+    "pruner_type": (SPACE + '[pruner]\ntype = "hyperbnad"\n', "[pruner]", "type 'hyperbnad'",
+                    "did you mean 'hyperband'?"),
+    "no_pruner_args": (SPACE + '[pruner]\ntype = "none"\nn_warmup_steps = 3\n', "[pruner]",
+                       "'n_warmup_steps' for 'none'", "known keys: type"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_KEYS)
+def test_unknown_keys_are_named_with_the_file_and_the_nearest_key(tmp_path, case):
+    text, table, key, suggestion = BAD_KEYS[case]
+    path = write_study(tmp_path, text)
+    with pytest.raises(ValueError) as error:
+        load_spec(path)
+    message = str(error.value)
+    assert message.startswith(f"study file {path}: ")
+    assert table in message and f"unknown {'' if 'type' in key else 'key '}{key}" in message
+    assert suggestion in message
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("[space]\ndropout = { low = 0.0 }\n",
+     "[space.dropout] missing required key 'high' (it needs choices, or low and high)"),
+    (SPACE + "[budget.tiny]\nn_trials = 3\n",
+     "[budget.tiny] missing required keys 'image_size', 'epochs'"),
+    (SPACE + '[gradcam]\ntrials = "best"\n', "[gradcam] missing required key 'images'"),
+])
+def test_missing_required_keys_are_named(tmp_path, text, expected):
+    path = write_study(tmp_path, text)
+    with pytest.raises(ValueError, match=f"study file {path}: ") as error:
+        load_spec(path)
+    assert expected in str(error.value)
+
+
+def test_a_task_without_model_is_refused(tmp_path):
+    path = tmp_path / "nomodel.toml"
+    path.write_text('data = "skin"\n' + SPACE)
+    with pytest.raises(ValueError, match="at the top level, missing required key 'model'"):
+        load_spec(str(path))
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    (SPACE + '[budget.quick]\nepochs = "10"\n', "[budget.quick] epochs must be an integer"),
+    ("[space]\ndropout = 0.5\n", "[space.dropout] must be a table, got 0.5"),
+    (SPACE + "[sampler]\nseed = 3\n", "[sampler] seed cannot be set here: the seed comes from"),
+    (SPACE + "x = \n", "not valid TOML"),
+    ("[space]\nrate = { choices = [1, 2], low = 0 }\n",
+     "[space.rate] mixes choices with low and high; give one or the other"),
+])
+def test_wrong_values_are_named(tmp_path, text, expected):
+    with pytest.raises(ValueError) as error:
+        load_spec(write_study(tmp_path, text))
+    assert expected in str(error.value)
+
+
+def test_fixed_settings_and_optuna_arguments_pass(tmp_path):
+    spec = load_spec(write_study(tmp_path, SPACE + """
+[fixed]
+anything = "the model checks it"
+[sampler]
+type = "random"
+[pruner]
+type = "percentile"
+percentile = 25.0
+n_warmup_steps = 1
+"""))
+    assert spec.fixed == {"anything": "the model checks it"}
+    assert spec.sampler == {"type": "random"}
+    assert isinstance(make_pruner(spec.pruner), optuna.pruners.PercentilePruner)
+
+
+def test_the_cli_prints_a_bad_study_file_as_one_line(tmp_path, capsys):
+    from search.cli import main
+
+    path = write_study(tmp_path, "[space]\ndropout = { low = 0.0, hgih = 0.5 }\n")
+    assert main(["tune", "--task", path]) == 2
+    assert capsys.readouterr().err == (f"medtune: error: study file {path}: [space.dropout] "
+                                       "unknown key 'hgih'; did you mean 'high'?\n")
