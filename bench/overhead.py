@@ -134,7 +134,9 @@ def public_methods(kind: type) -> list[str]:
 
 def baseline_params(spec) -> dict[str, Any]:
     """Trial 0 of a study runs the first lab baseline (enqueued first)."""
-    return {k: v for k, v in spec.baselines[0].items() if k != "note"}
+    from search import spec as study_files
+
+    return study_files.baseline_params(spec.baselines[0])
 
 
 def plain_fit(spec, problem, config: dict, epochs: int, seed: int) -> dict[str, float]:

@@ -52,6 +52,8 @@ DIMENSION = Table(
 )
 BUDGET = Table({"image_size": int, "epochs": int, "n_trials": int, "timeout": NUMBER},
                required=(("image_size", "epochs", "n_trials"),))
+TRAINING = {"early_stopping_patience": int, "stuck_after_epochs": int,
+            "diverged_loss_factor": NUMBER}
 RECOVERY_KEYS = ("heartbeat_interval", "grace_period", "retries", "checkpoint_every_s",
                  "restart_after_growth_mb")
 
@@ -70,8 +72,7 @@ STUDY = Table(
         "budget": Table(named=BUDGET),
         "sampler": OptunaOptions(SAMPLERS, "tpe", {"seed": "the seed comes from --seed"}),
         "pruner": OptunaOptions(PRUNERS, "median"),
-        "training": Table({"early_stopping_patience": int},
-                          required=(("early_stopping_patience",),)),
+        "training": Table(TRAINING, required=(tuple(TRAINING),)),
         "recovery": Table(dict.fromkeys(RECOVERY_KEYS, NUMBER), required=(RECOVERY_KEYS,)),
         "gradcam": Table({"trials": str, "images": int}, required=(("trials", "images"),)),
     },

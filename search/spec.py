@@ -10,9 +10,14 @@ from typing import Any
 
 import optuna
 
+from datasets import catalog
 from search import schema
 
 DEFAULTS = "_defaults.toml"
+BASELINE_KEYS = ("note", "budgets")  # a baseline's keys that are not params
+# What a study may maximize: validation metrics every trial logs per epoch.
+OBJECTIVES = {"classification": ("val_accuracy", "val_auc", "val_balanced_accuracy"),
+              "segmentation": ("val_dice",)}
 
 
 @dataclass(frozen=True)
@@ -27,7 +32,7 @@ class StudySpec:
     fixed: dict[str, Any]
     space: dict[str, optuna.distributions.BaseDistribution]
     conditions: dict[str, str]  # param -> the boolean param that must be true to search it
-    baselines: list[dict[str, Any]]  # each: params for every space dimension, plus "note"
+    baselines: list[dict[str, Any]]  # params for every space dimension, "note" and "budgets"
     budget: dict[str, dict[str, Any]]
     sampler: dict[str, Any]
     pruner: dict[str, Any]
@@ -105,7 +110,7 @@ def _build(name: str, raw: dict, text: str) -> StudySpec:
     defaults = {k: v for k, v in raw.get("baseline_defaults", {}).items() if k in space}
     baselines = []
     for entry in raw.get("baselines", []):
-        params = {**defaults, **{k: v for k, v in entry.items() if k != "note"}}
+        params = {**defaults, **{k: v for k, v in entry.items() if k not in BASELINE_KEYS}}
         params = {k: v for k, v in params.items() if active(k, params, conditions)}
         unknown = sorted(set(params) - set(space))
         missing = sorted(p for p in set(space) - set(params) if active(p, params, conditions))
@@ -120,7 +125,17 @@ def _build(name: str, raw: dict, text: str) -> StudySpec:
             if not contains(space[param], value):
                 raise ValueError(f"baseline {entry.get('note')!r}: {param}={value!r} is outside "
                                  f"the search space {space[param]}")
-        baselines.append({**params, "note": entry.get("note", "")})
+        budgets = entry.get("budgets", list(raw["budget"]))
+        unknown = sorted(set(budgets) - set(raw["budget"]))
+        if unknown:
+            raise ValueError(f"baseline {entry.get('note')!r}: budgets names no budget "
+                             f"{', '.join(unknown)}; known: {', '.join(raw['budget'])}")
+        baselines.append({**params, "note": entry.get("note", ""), "budgets": budgets})
+    kind = "segmentation" if isinstance(catalog.get(raw["data"]), catalog.MaskSet) else (
+        "classification")
+    if raw["objective"] not in OBJECTIVES[kind]:
+        raise ValueError(f"objective {raw['objective']!r} is not one for {kind}; choose one of: "
+                         f"{', '.join(OBJECTIVES[kind])}")
     return StudySpec(
         name=name,
         description=raw.get("description", ""),
@@ -199,3 +214,8 @@ def gradcam_settings(raw: dict | None) -> dict[str, Any] | None:
         raise ValueError("[gradcam] needs trials = \"best\" (each trial that beats the study's "
                          "best so far) or \"all\" (every completed one), and images = <count>")
     return settings
+
+
+def baseline_params(baseline: dict[str, Any]) -> dict[str, Any]:
+    """A baseline's search params, without its note and budgets."""
+    return {k: v for k, v in baseline.items() if k not in BASELINE_KEYS}

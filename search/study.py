@@ -17,7 +17,7 @@ from search.objective import make_objective
 from search.problems import make_problem
 from search.pruners import make_pruner, make_sampler
 from search.recovery import JOURNAL, MemoryGuard, Recovery
-from search.spec import StudySpec
+from search.spec import StudySpec, baseline_params
 from search.tracking import StudyTracker, load_registered_model
 from search.urls import mask_password
 
@@ -131,11 +131,13 @@ def open_study(
     return study
 
 
-def enqueue_baselines(spec: StudySpec, study: optuna.Study) -> None:
-    """The lab's own settings first: a search never ends worse than the lab's recipe."""
+def enqueue_baselines(spec: StudySpec, study: optuna.Study, budget: str) -> None:
+    """The lab's own settings first, as the bar for the search (the pruner judges them like any
+    trial); a baseline may be marked for some budgets only (`budgets = ["lab"]`)."""
     for baseline in spec.baselines:
-        params = {k: v for k, v in baseline.items() if k != "note"}
-        study.enqueue_trial(params, user_attrs={"baseline": baseline["note"]}, skip_if_exists=True)
+        if budget in baseline["budgets"]:
+            study.enqueue_trial(baseline_params(baseline),
+                                user_attrs={"baseline": baseline["note"]}, skip_if_exists=True)
 
 
 def feature_base(base: str | None, size: int, tracking_uri: str | None) -> FeatureBase:
@@ -313,7 +315,7 @@ def run_study(
         "manifest.json",
     )
     if tracker.created and settings.engine == "optuna":  # once, by the worker that made it
-        enqueue_baselines(spec, study)
+        enqueue_baselines(spec, study, settings.budget)
     recovery.tracker = tracker
     recovery.fail_orphans(study)  # trials a dead worker left RUNNING: failed, then retried
     problem = make_problem(spec, data)

@@ -25,7 +25,7 @@ def test_sign_accuracy_on_hand_made_margins():
     y_pred = [[-0.3], [0.2], [2.0], [0.01], [-5.0]]  # right, wrong, right, right, wrong
     assert np.asarray(sign_accuracy(np.array(y_true), np.array(y_pred))).ravel().tolist() == [
         1, 0, 1, 1, 0]
-    _, (metric,) = loss_and_metrics("hinge")
+    _, (metric, *_) = loss_and_metrics("hinge")
     assert metric.name == "accuracy"
     assert metric_value(metric, y_true, y_pred) == pytest.approx(3 / 5)
 
@@ -34,12 +34,12 @@ def test_what_the_labs_did_wrong_is_not_what_we_do():
     # The lab kept Keras' binary accuracy with -1 targets: a correct -1 never counts.
     y_true, y_pred = [[-1], [-1], [1], [1]], [[-0.9], [-0.8], [0.7], [0.6]]
     assert metric_value(keras.metrics.BinaryAccuracy(), y_true, y_pred) == pytest.approx(0.5)
-    _, (metric,) = loss_and_metrics("hinge")
+    _, (metric, *_) = loss_and_metrics("hinge")
     assert metric_value(metric, y_true, y_pred) == pytest.approx(1.0)
 
 
 def test_bce_accuracy_threshold():
-    _, (metric,) = loss_and_metrics("bce")
+    _, (metric, *_) = loss_and_metrics("bce")
     assert metric_value(metric, [[0], [1], [1]], [[0.4], [0.6], [0.2]]) == pytest.approx(2 / 3)
 
 
@@ -57,8 +57,8 @@ def test_hinge_and_bce_score_the_same_predictions_alike():
     probabilities = 1 / (1 + np.exp(-margins))  # the same decisions as probabilities
     assert predicted_classes(margins, "hinge").tolist() == [0, 1, 0, 0, 1]
     assert predicted_classes(probabilities, "bce").tolist() == [0, 1, 0, 0, 1]
-    _, (hinge_acc,) = loss_and_metrics("hinge")
-    _, (bce_acc,) = loss_and_metrics("bce")
+    _, (hinge_acc, *_) = loss_and_metrics("hinge")
+    _, (bce_acc, *_) = loss_and_metrics("bce")
     assert metric_value(hinge_acc, encode_targets(labels, "hinge"), margins) == pytest.approx(
         metric_value(bce_acc, encode_targets(labels, "bce"), probabilities))
 
@@ -86,3 +86,27 @@ def test_segmentation_losses_by_name():
         assert [m.name for m in metrics] == ["dice", "precision", "recall"]
     with pytest.raises(ValueError, match="unknown segmentation loss 'hinge'"):
         segmentation_loss_and_metrics("hinge")
+
+
+@pytest.mark.parametrize("loss,y_true,y_pred", [
+    ("bce", [[0], [0], [0], [1]], [[0.1], [0.2], [0.9], [0.3]]),
+    ("hinge", [[-1], [-1], [-1], [1]], [[-0.1], [-2.0], [0.5], [-0.3]]),
+    ("categorical", np.eye(2)[[0, 0, 0, 1]], np.eye(2)[[0, 0, 1, 0]] * 0.8 + 0.1),
+])
+def test_balanced_accuracy_is_the_mean_recall_of_the_classes(loss, y_true, y_pred):
+    _, metrics = loss_and_metrics(loss)
+    names = [m.name for m in metrics]
+    assert names == ["accuracy", "auc", "balanced_accuracy"]
+    balanced = metrics[2]
+    assert metric_value(balanced, y_true, y_pred) == pytest.approx((2 / 3 + 0) / 2)
+    balanced.reset_state()  # a constant guess scores 0.5 however unbalanced the data
+    constant = np.zeros_like(np.asarray(y_pred, "float32")) + (
+        [1.0, 0.0] if loss == "categorical" else -1.0 if loss == "hinge" else 0.1)
+    assert metric_value(balanced, y_true, constant) == pytest.approx(0.5)
+
+
+def test_hinge_auc_ranks_margins_with_minus_one_plus_one_targets():
+    _, (_, auc, _) = loss_and_metrics("hinge")
+    assert metric_value(auc, [[-1], [1], [1], [-1]], [[-3.0], [2.0], [5.0], [-0.5]]) == 1.0
+    auc.reset_state()
+    assert metric_value(auc, [[-1], [1]], [[4.0], [-4.0]]) == pytest.approx(0.0, abs=1e-3)

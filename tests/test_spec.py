@@ -22,7 +22,7 @@ def test_every_study_file_is_valid(task):
     assert {"optimizer", "loss"} <= set(spec.space) | set(spec.fixed)
     assert spec.space["learning_rate"].log
     for baseline in spec.baselines:
-        assert set(baseline) - {"note"} == {
+        assert set(baseline) - {"note", "budgets"} == {
             p for p in spec.space if active(p, baseline, spec.conditions)}
         assert baseline["note"]
     assert spec.budget["lab"]["image_size"] >= 128  # the labs trained at 128 (U-Net: 256)
