@@ -83,23 +83,41 @@ def validation_folder(root: Path) -> Path:
     )
 
 
-def lab2_split(dataset: DataSet, folder: Path) -> FileSplit:
-    """Class sub-folders, matched case-insensitively to the data set's class names."""
+def lab2_classes(dataset: DataSet, root: Path) -> tuple[str, ...]:
+    """The class folders of a Lab2 set: the course's names (`Mel`, `Nevi`, ...), or, in a data
+    set's own folder with other names but as many classes (a knee set's `Normal`, `OA`), its
+    own folders in sorted order, so any binary set in this layout trains a binary task."""
+    train = root / "train"
+    found = sorted(d.name for d in train.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if {c.lower() for c in dataset.classes} <= {f.lower() for f in found}:
+        return dataset.classes
+    if len(found) == dataset.n_classes:
+        return tuple(found)
+    raise DataError(
+        f"{train} has no folder for class "
+        f"{', '.join(c for c in dataset.classes if c.lower() not in map(str.lower, found))} "
+        f"(found: {', '.join(found) or 'none'}); expected one sub-folder per class: "
+        f"{', '.join(dataset.classes)} (or {dataset.n_classes} folders of your own classes)."
+    )
+
+
+def lab2_split(classes: Sequence[str], folder: Path) -> FileSplit:
+    """Class sub-folders, matched case-insensitively to the class names."""
     sub = {d.name.lower(): d for d in folder.iterdir() if d.is_dir()}
-    missing = [c for c in dataset.classes if c.lower() not in sub]
+    missing = [c for c in classes if c.lower() not in sub]
     if missing:
         found = ", ".join(sorted(d.name for d in sub.values())) or "none"
         raise DataError(
             f"{folder} has no folder for class {', '.join(missing)} (found: {found}); "
-            f"expected one sub-folder per class: {', '.join(dataset.classes)}."
+            f"expected one sub-folder per class: {', '.join(classes)}."
         )
     paths, labels = [], []
-    for label, name in enumerate(dataset.classes):
+    for label, name in enumerate(classes):
         files = sorted(p for p in sub[name.lower()].iterdir() if is_image(p))
         paths += files
         labels += [label] * len(files)
     labels = np.asarray(labels, dtype="int64")
-    require_classes(str(folder), labels, dataset.classes, "empty class folder")
+    require_classes(str(folder), labels, classes, "empty class folder")
     return FileSplit(paths, labels)
 
 
@@ -142,12 +160,25 @@ def require_classes(where: str, labels: np.ndarray, names: Sequence[str], why: s
                     f"{f' ({why})' if why else ''} — {need}")
 
 
-def file_splits(dataset: DataSet, layout: str, root: Path) -> dict[str, FileSplit]:
-    read = lab2_split if layout == "lab2" else lab1_split
-    return {
-        "train": read(dataset, root / "train"),
-        "val": read(dataset, validation_folder(root)),
-    }
+def file_splits(dataset: DataSet, layout: str, root: Path
+                ) -> tuple[dict[str, FileSplit], tuple[str, ...]]:
+    """Each split's files and labels, and the class names. A `test/` folder beside `train/`
+    and `validation/` is a test split, kept aside (Lab1's `test/` is its validation split)."""
+    if layout == "lab2":
+        classes = lab2_classes(dataset, root)
+
+        def read(folder: Path) -> FileSplit:
+            return lab2_split(classes, folder)
+    else:
+        classes = dataset.classes
+
+        def read(folder: Path) -> FileSplit:
+            return lab1_split(dataset, folder)
+    validation = validation_folder(root)
+    splits = {"train": read(root / "train"), "val": read(validation)}
+    if validation.name != "test" and (root / "test").is_dir():
+        splits["test"] = read(root / "test")
+    return splits, classes
 
 
 def medmnist_splits(dataset: DataSet, path: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:

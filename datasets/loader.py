@@ -33,7 +33,7 @@ class TaskData:
     layout: str
     fingerprint: str
     from_cache: bool
-    extra: dict[str, np.ndarray] = field(default_factory=dict)  # e.g. MedMNIST's test split
+    extra: dict[str, np.ndarray] = field(default_factory=dict)  # a test split, if the data has one
 
     @property
     def n_classes(self) -> int:
@@ -51,7 +51,7 @@ def load(data: str, data_dir: str | Path | None, image_size: int) -> TaskData:
     if layout == "medmnist":
         return _load_medmnist(dataset, root, image_size)
 
-    splits = file_splits(dataset, layout, root)
+    splits, classes = file_splits(dataset, layout, root)
     every_file = [p for split in splits.values() for p in split.paths]
     key = {"layout": layout, "root": str(root), "size": image_size,
            "files": fingerprint(every_file, root), "changed": last_change(every_file)}
@@ -65,9 +65,11 @@ def load(data: str, data_dir: str | Path | None, image_size: int) -> TaskData:
         return arrays
 
     arrays, from_cache = cached_arrays(key, build)
+    test = {k: arrays.pop(k) for k in ("x_test", "y_test") if k in arrays}
     return TaskData(
         **arrays,
-        class_names=list(dataset.classes),
+        extra=test,  # a test split: kept aside, for judging the picked model only
+        class_names=list(classes),
         source=str(root),
         layout=layout,
         fingerprint=key["files"],

@@ -145,9 +145,32 @@ def test_empty_train_folder(tmp_path):
 
 
 def test_no_recognizable_class_folder(tmp_path):
-    lab2_folder(tmp_path / "Skin", classes=("benign", "malignant"))
-    with pytest.raises(DataError, match="no folder for class Mel, Nevi .found: benign, malignant"):
+    lab2_folder(tmp_path / "Skin", classes=("benign", "malignant", "other"), per_class=(2, 2, 2))
+    with pytest.raises(DataError, match="no folder for class Mel, Nevi .found: benign, malignant, "
+                                        "other.*or 2 folders of your own classes"):
         loader.load("skin", tmp_path, image_size=8)
+
+
+def test_a_binary_set_with_its_own_class_names_and_a_test_split(tmp_path):
+    """A data set's own folder (the knee set: Normal, OA) trains a binary task; its test/
+    split is loaded and kept aside."""
+    root = lab2_folder(tmp_path / "knee", classes=("OA", "Normal"),
+                       split_names=("train", "validation", "test"))
+    data = loader.load("bone", root, image_size=8)
+    assert data.class_names == ["Normal", "OA"]  # sorted: the label order is stable
+    assert data.y_train.tolist() == [0, 0, 1, 1, 1]
+    assert data.extra["x_test"].shape == (5, 8, 8) and data.extra["y_test"].tolist() == [
+        0, 0, 1, 1, 1]
+    assert len(data.y_val) == 5
+
+
+def test_lab1_test_folder_is_the_validation_split_not_a_test_split(tmp_path):
+    for split in ("train", "test"):
+        for i, name in enumerate(("Mel", "Nev")):
+            write_png(tmp_path / "Skin" / split / f"{name}_{i}.png", seed=i)
+            write_png(tmp_path / "Skin" / split / f"{name}_{i + 5}.png", seed=i + 5)
+    data = loader.load("skin", tmp_path, image_size=8)
+    assert data.layout == "lab1" and len(data.y_val) == 4 and "x_test" not in data.extra
 
 
 def test_missing_validation_split(tmp_path):
