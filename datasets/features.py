@@ -24,12 +24,18 @@ def extract(data: TaskData, base: Extractor) -> tuple[TaskData, float]:
            "size": data.x_train.shape[1]}
     started = time.monotonic()
 
+    images = {"x_train": data.x_train, "x_val": data.x_val}
+    if "x_test" in data.extra:
+        images["x_test"] = data.extra["x_test"]
+
     def build() -> dict[str, np.ndarray]:
-        n = len(data.x_train) + len(data.x_val)
+        n = sum(len(x) for x in images.values())
         print(f"Extracting features of {n} images with the frozen base (once; then cached) ...",
               flush=True)
-        return {"x_train": base.features(data.x_train), "x_val": base.features(data.x_val)}
+        return {name: base.features(x) for name, x in images.items()}
 
     arrays, from_cache = cached_arrays(key, build)
-    featured = dataclasses.replace(data, **arrays, from_cache=from_cache)
+    test = {"x_test": arrays.pop("x_test")} if "x_test" in arrays else {}
+    featured = dataclasses.replace(data, **arrays, extra={**data.extra, **test},
+                                   from_cache=from_cache)
     return featured, time.monotonic() - started

@@ -24,6 +24,12 @@ def checkpoint_root() -> Path:
     return Path(os.environ.get("MEDTUNE_CHECKPOINTS", Path(".medtune") / "checkpoints"))
 
 
+def study_folder(storage: str, study: str) -> Path:
+    # Studies of the same name in different storages must not share checkpoints.
+    where = hashlib.sha1(storage.encode()).hexdigest()[:8]
+    return checkpoint_root() / f"{study}-{where}"
+
+
 @dataclass
 class Checkpoint:
     """The checkpoints of one trial (and of its retries, which share its folder)."""
@@ -35,9 +41,7 @@ class Checkpoint:
 
     @classmethod
     def of_trial(cls, storage: str, study: str, number: int, every_s: float) -> Checkpoint:
-        # Studies of the same name in different storages must not share checkpoints.
-        where = hashlib.sha1(storage.encode()).hexdigest()[:8]
-        return cls(checkpoint_root() / f"{study}-{where}" / f"t{number:04d}", every_s)
+        return cls(study_folder(storage, study) / f"t{number:04d}", every_s)
 
     def exists(self) -> bool:
         return (self.folder / "latest").is_file()

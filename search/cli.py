@@ -261,6 +261,11 @@ def _print_summary(study, tracker, objective: str, target: int, seconds: float) 
         for key, value in best.params.items():
             print(f"  {key:16} {value}")
         print(f"best trial's MLflow run: {best.user_attrs.get('mlflow_run_id')}")
+        test = study.user_attrs.get("medtune_test")
+        if test and test["trial"] == best.number:  # judged once, never used to select
+            print(f"best trial on the test split ({test['n_test']} images, never used to "
+                  f"select): " + ", ".join(f"{k} {v:.4f}" for k, v in test.items()
+                                          if k.startswith("test_") and k != "test_loss"))
     print(f"study's MLflow run:      {tracker.parent_run_id} "
           f"(experiment {tracker.experiment_id})")
     print(f"look at it:              {tracker.ui_hint()}")

@@ -24,10 +24,14 @@ def best_trials(storage: str, studies: list[str], top: int = 3) -> pd.DataFrame:
         objective = study.user_attrs.get("medtune_objective", "value")
         done = sorted(study.get_trials(deepcopy=False, states=(TS.COMPLETE,)),
                       key=lambda t: t.value, reverse=True)
+        test = study.user_attrs.get("medtune_test", {})  # the best trial's, judged once
         for rank, trial in enumerate(done[:top], start=1):
+            score = test.get(f"test_{objective.removeprefix('val_')}")
             rows.append({
                 "study": name, "rank": rank, "trial": trial.number, "objective": objective,
                 "value": round(trial.value, 4),
+                "test": round(score, 4) if score is not None and test["trial"] == trial.number
+                else "",
                 "best_epoch": trial.user_attrs.get("best_epoch"),
                 "seconds": round(trial.duration.total_seconds(), 1) if trial.duration else None,
                 "params": ", ".join(f"{k}={_short(v)}" for k, v in trial.params.items()),

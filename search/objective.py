@@ -12,6 +12,7 @@ from collections.abc import Callable
 import optuna
 from optuna_integration import KerasPruningCallback
 
+from search import holdout
 from search.checkpoints import Checkpoint
 from search.problems import Classification, Segmentation
 from search.recovery import OWNER_ATTR, owner_id, retried_from
@@ -84,7 +85,10 @@ def make_objective(
             value, epoch = best_epoch(run.history[monitor])
 
             # The weights are the best epoch's (EarlyStopping restored them): judge those.
-            problem.log_artifacts(run, model, val, config, epoch, improves(trial, value))
+            best_so_far = improves(trial, value)
+            problem.log_artifacts(run, model, val, config, epoch, best_so_far)
+            if best_so_far:  # the test split judges the study's pick once, at the end
+                holdout.keep_best(model, storage, trial.study, trial.number)
             run.log_metrics({"objective": value, "best_epoch": epoch})
             trial.set_user_attr("best_epoch", epoch)
             return value

@@ -82,6 +82,12 @@ class Classification:
         )
         return train, val
 
+    def test_dataset(self, config: Mapping[str, Any]) -> tf.data.Dataset:
+        """The test split, for judging the picked model once (`search.holdout`)."""
+        x, y = self.data.extra["x_test"], self.data.extra["y_test"]
+        return make_dataset(x, encode_targets(y, config["loss"], self.data.n_classes),
+                            batch_size=config["batch_size"])
+
     def log_artifacts(
         self, run: TrialRun, model: keras.Model, val: tf.data.Dataset, config: Mapping,
         epoch: int, best_so_far: bool,

@@ -12,6 +12,7 @@ from optuna.study import MaxTrialsCallback
 
 from datasets import features, loader
 from models.transfer import FeatureBase, imagenet_base, trained_base
+from search import holdout
 from search.manifest import manifest
 from search.objective import make_objective
 from search.problems import make_problem
@@ -328,6 +329,7 @@ def run_study(
         else:
             _optimize(spec, settings, study, problem, tracker, recovery, guard, verbose,
                       show_progress_bar)
+        holdout.judge_best(spec, problem, study, settings.storage)
     except BaseException:
         status = "KILLED"  # interrupted: keep what was logged, end the parent as killed
         raise

@@ -305,3 +305,28 @@ def test_freeze_survivors_freezes_the_living_and_collects_all_every_n_trials():
         assert later() is None
     finally:
         gc.unfreeze()
+
+
+def test_a_test_split_judges_the_best_trial_once_at_the_end(workdir, tiny_skin, capsys):
+    """A test/ folder beside train/ and validation/: never used to select; the best trial's
+    model is scored on it when the study ends, and the summary and `compare` report it."""
+    import shutil
+
+    skin = tiny_skin / "Lab2" / "Skin"
+    shutil.copytree(skin / "validation", skin / "test")
+    assert tune(workdir, "--task", "lenet_skin", "--n-trials", "2",
+                "--data-dir", str(tiny_skin)) == 0
+    study = optuna.load_study(study_name="lenet_skin", storage=f"sqlite:///{workdir}/optuna.db")
+    test = study.user_attrs["medtune_test"]
+    assert test["trial"] == study.best_trial.number and test["n_test"] == 12
+    # The test split holds the validation images here, so the scores must agree.
+    assert test["test_accuracy"] == pytest.approx(study.best_value, abs=1e-6)
+    assert {"test_auc", "test_balanced_accuracy", "test_loss"} <= set(test)
+    assert "best trial on the test split (12 images, never used to select)" in (
+        capsys.readouterr().out)
+    assert main(["compare", "--studies", "lenet_skin", "--top", "1",
+                 "--storage", f"sqlite:///{workdir}/optuna.db",
+                 "--tracking-uri", f"sqlite:///{workdir}/mlflow.db"]) == 0
+    (row,) = [line for line in capsys.readouterr().out.splitlines()
+              if line.startswith("| lenet_skin | 1 |")]
+    assert f"| {round(test['test_accuracy'], 4)} |" in row
