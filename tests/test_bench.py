@@ -151,7 +151,7 @@ def test_search_efficiency_smoke(tmp_path, monkeypatch):
     budget = search_efficiency.BUDGETS["smoke"]["budget"]
     columns, rows = table(client, "search", "runs", tmp_path)
     assert {"data", "engine", "seed", "best_val", "test", "test_from", "wall_s", "epochs_spent",
-            "complete", "pruned", "failed", "picked", "baseline_epochs", "pruned_epochs",
+            "complete", "pruned", "failed", "stuck", "picked", "baseline_epochs", "pruned_epochs",
             "grid_best", "epochs_to_grid_best"} <= set(columns)
     assert [r["engine"] for r in rows] == list(search_efficiency.ENGINES)
     for row in rows:
