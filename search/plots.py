@@ -17,8 +17,10 @@ from sklearn.metrics import ConfusionMatrixDisplay, RocCurveDisplay  # noqa: E40
 from search.urls import mask_password  # noqa: E402
 
 
-def learning_curves(history: Mapping[str, Sequence[float]], title: str = "") -> plt.Figure:
-    """One panel per metric (loss, accuracy, ...), training against validation, per epoch."""
+def learning_curves(history: Mapping[str, Sequence[float]], title: str = "",
+                    chance: Mapping[str, float] | None = None) -> plt.Figure:
+    """One panel per metric (loss, accuracy, ...), training against validation, per epoch;
+    `chance` (metric -> value) draws what a constant prediction scores on validation."""
     names = [k for k in history if not k.startswith("val_") and k != "learning_rate"]
     fig, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 3.6), squeeze=False)
     for ax, name in zip(axes[0], names, strict=True):
@@ -26,6 +28,9 @@ def learning_curves(history: Mapping[str, Sequence[float]], title: str = "") -> 
             if key in history:
                 values = history[key]
                 ax.plot(np.arange(1, len(values) + 1), values, marker=".", label=label)
+        if chance and name in chance:
+            ax.axhline(chance[name], color="grey", linestyle="--", linewidth=1,
+                       label=f"constant guess ({chance[name]:.3f})")
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_title(name)

@@ -280,6 +280,7 @@ def run_study(
         data, seconds = features.extract(data, base)
         extra = {"transfer_base": base.identity, "features_cached": data.from_cache,
                  "feature_seconds": round(seconds, 1)}
+    problem = make_problem(spec, data)
     recovery = Recovery(spec.recovery)
     study = open_study(spec, settings, recovery)
     params = {
@@ -292,6 +293,10 @@ def run_study(
         "data_layout": data.layout,
         "n_train": len(data.y_train),
         "n_val": len(data.y_val),
+        **({"n_test": len(data.extra["y_test"])} if "y_test" in data.extra else {}),
+        # What a constant guess scores on each split: the bar every trial must clear.
+        **{f"majority_rate_{split}": round(rate, 4)
+           for split, rate in problem.majority_rates().items()},
         **extra,
     }
     tracker = StudyTracker.open(
@@ -319,7 +324,6 @@ def run_study(
         enqueue_baselines(spec, study, settings.budget)
     recovery.tracker = tracker
     recovery.fail_orphans(study)  # trials a dead worker left RUNNING: failed, then retried
-    problem = make_problem(spec, data)
     status = "FINISHED"
     try:
         if settings.engine == "keras-tuner":
