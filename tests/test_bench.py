@@ -96,12 +96,22 @@ def test_startup_smoke(out, monkeypatch):
 
 
 def test_default_run_smoke(out, monkeypatch):
-    client = smoke(default_run, out, monkeypatch)
+    """On data with a test split, so the lab's recipe also trains with plain keras.fit."""
+    import shutil
+
+    course = common.synthetic_skin(out / "tiny", n_train=24, n_val=12, size=32, seed=1)
+    skin = course / "Lab2" / "Skin"
+    shutil.copytree(skin / "validation", skin / "test", dirs_exist_ok=True)
+    client = smoke(default_run, out, monkeypatch, "--data-dir", str(course))
     files = logged(client, "default_run")
     assert {"tables/summary.csv", "tables/milestones.csv", "tables/memory.csv",
-            "plots/memory.png"} <= set(files)
+            "tables/versus_plain_fit.csv", "plots/memory.png"} <= set(files)
     _, (row,) = table(client, "default_run", "summary", out)
     assert row["complete"] == "1" and float(row["peak_process_mib"]) > 100
+    assert 0 <= float(row["test_accuracy"]) <= 1
+    _, (mine, plain) = table(client, "default_run", "versus_plain_fit", out)
+    assert plain["engine"].startswith("plain keras.fit, Lab 1: b=32")
+    assert 0 <= float(plain["test_accuracy"]) <= 1 and float(plain["wall_s"]) > 0
     _, rows = table(client, "default_run", "milestones", out)
     assert {"first epoch done", "process ended"} <= {r["milestone"] for r in rows}
     assert not list(out.glob("work/default-run-*"))  # the working copy is removed
