@@ -155,7 +155,7 @@ def _tune(args: argparse.Namespace, spec, argv: list[str]) -> int:
         f"  data: {settings.data_dir or 'embedded synthetic set (no --data-dir given)'}\n"
         f"  study {settings.study_name!r} in {mask_password(settings.storage)}"
         + (f", engine {settings.engine}" if settings.engine != "optuna" else "") + "\n"
-        f"  {_device_line(gpus)}",
+        f"  {_device_line(gpus, spec.training.get('precision', 'float32'))}",
         flush=True,
     )
     started = time.monotonic()
@@ -203,10 +203,10 @@ def _plan_gpus(args: argparse.Namespace) -> list[str | None]:
     return gpus
 
 
-def _device_line(gpus: list[str | None]) -> str:
+def _device_line(gpus: list[str | None], precision: str) -> str:
     from search.devices import banner_line
 
-    return banner_line(gpus)
+    return banner_line(gpus) + ("" if precision == "float32" else f", precision {precision}")
 
 
 def _worker_envs(gpus: list[str | None], base: dict[str, str]) -> list[dict[str, str]]:

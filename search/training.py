@@ -12,6 +12,8 @@ from tqdm import tqdm
 
 from models import build_model
 
+PRECISIONS = ("float32", "mixed_float16")  # `[training] precision` in a study file
+
 OPTIMIZERS = {
     "adam": keras.optimizers.Adam,
     "sgd": keras.optimizers.SGD,
@@ -48,8 +50,9 @@ def fit(
     Returns the model, its history and the validation data it was judged on.
     """
     keras.utils.set_random_seed(seed)
-    model = build_model(spec.model, config)
-    compile_model(model, config, *problem.loss_and_metrics(config))
+    with precision_policy(spec.training.get("precision", "float32")):
+        model = build_model(spec.model, config)
+        compile_model(model, config, *problem.loss_and_metrics(config))
     initial_epoch = restore(model) if restore else 0
     train, val = problem.datasets(config, seed)
     history = model.fit(
@@ -70,6 +73,21 @@ def fit(
         ],
     )
     return model, {k: [float(v) for v in vs] for k, vs in history.history.items()}, val
+
+
+@contextmanager
+def precision_policy(name: str) -> Iterator[None]:
+    """Layers made in this block compute in `name`: "mixed_float16" is float16 math on float32
+    weights (output layers stay float32), and compile() then scales the loss. Layers keep the
+    policy they were made with, so the input pipeline and later trials stay float32."""
+    if name not in PRECISIONS:
+        raise ValueError(f"[training] precision {name!r}: choose one of {', '.join(PRECISIONS)}")
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(name)
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
 
 
 @contextmanager
