@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -64,7 +65,7 @@ def fit(
         verbose=0,
         callbacks=[
             *callbacks,
-            keras.callbacks.TerminateOnNaN(),
+            StopOnNonFinite(),
             keras.callbacks.EarlyStopping(
                 spec.objective, mode="max", restore_best_weights=True,
                 patience=spec.training["early_stopping_patience"],
@@ -73,6 +74,18 @@ def fit(
         ],
     )
     return model, {k: [float(v) for v in vs] for k, vs in history.history.items()}, val
+
+
+class StopOnNonFinite(keras.callbacks.Callback):
+    """Stops training after an epoch whose loss is NaN or infinite (`check_finite` then fails the
+    trial with the reason). Keras' TerminateOnNaN checks every batch, and a callback with a batch
+    hook makes Keras run every batch's callbacks in step: on a GPU, a wait for each batch's loss
+    that plain `fit` does not have."""
+
+    def on_epoch_end(self, epoch: int, logs: Mapping[str, float] | None = None) -> None:
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(loss):
+            self.model.stop_training = True
 
 
 @contextmanager
