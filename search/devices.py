@@ -153,7 +153,7 @@ def tensorflow_gpus(query: Callable[[], str] = nvidia_smi) -> list[Gpu]:
 @functools.cache
 def device_tag() -> str:
     """What this process's trials train on, for each trial run's `device` tag:
-    "GPU 2 (NVIDIA H200, 141 GiB)" (Keras places a model on the first visible GPU) or "CPU"."""
+    "GPU 2 (NVIDIA H200, 140 GiB)" (Keras places a model on the first visible GPU) or "CPU"."""
     gpus = tensorflow_gpus()
     return str(gpus[0]) if gpus else "CPU"
 
