@@ -35,6 +35,7 @@ BENCHMARKS = {
     "startup": "3. Data start-up: launch to first training batch, cold and cached",
     "default_run": "4. The default run: `mlflow run . -e tune -P task=vgg_skin`",
     "growth": "5. How cost grows over a long study",
+    "throughput": "6. Throughput: images per second, a medtune trial against plain keras.fit",
 }
 # A benchmark whose module is not named after its key (`python -m bench.<module>`).
 MODULES = {"search": "search_efficiency"}

@@ -17,7 +17,7 @@ import time
 from bench import common
 
 # In the order of bench/RESULTS.md (names are BENCHMARKS keys; see common.module).
-ORDER = ["overhead", "search", "startup", "default_run", "growth"]
+ORDER = ["overhead", "search", "startup", "default_run", "growth", "throughput"]
 
 
 def main(argv: list[str] | None = None) -> int:

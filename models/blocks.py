@@ -12,6 +12,10 @@ from collections.abc import Mapping, Sequence
 import keras
 from keras import layers
 
+# Under mixed precision a float16 sigmoid saturates at 1 - 2**-11 and a float16 margin or loss
+# loses digits: output layers compute in float32 whatever the model's policy.
+OUTPUT_DTYPE = "float32"
+
 
 def conv_block(
     x,
@@ -59,13 +63,14 @@ def dense_stack(x, widths: Sequence[int], *, dropout: float = 0.0, batch_norm: b
 
 
 def output_layer(x, config: Mapping):
-    """The head the loss needs: sigmoid for BCE, linear for hinge, softmax for several classes."""
+    """The head the loss needs: sigmoid for BCE, linear for hinge, softmax for several classes.
+    Always float32 (OUTPUT_DTYPE), also in a mixed-precision model."""
     n_classes = int(config.get("n_classes", 2))
     if config.get("loss", "bce") == "categorical" or n_classes > 2:
-        return layers.Dense(n_classes, activation="softmax", name="output")(x)
+        return layers.Dense(n_classes, activation="softmax", name="output", dtype=OUTPUT_DTYPE)(x)
     # Hinge wants a margin that can reach -1, which a sigmoid never does.
     activation = "linear" if config.get("loss") == "hinge" else "sigmoid"
-    return layers.Dense(1, activation=activation, name="output")(x)
+    return layers.Dense(1, activation=activation, name="output", dtype=OUTPUT_DTYPE)(x)
 
 
 def parse_widths(value: int | str | Sequence[int]) -> list[int]:

@@ -32,6 +32,8 @@ def gradcam(
             chosen = tf.argmax(outputs, axis=-1) if class_index is None else class_index
             scores = tf.gather(outputs, chosen, axis=1, batch_dims=1)
     grads = tape.gradient(scores, features)
+    # A mixed-precision model's features are float16: weigh and sum them in float32.
+    grads, features = tf.cast(grads, tf.float32), tf.cast(features, tf.float32)
     weights = tf.reduce_mean(grads, axis=(1, 2), keepdims=True)
     cams = tf.nn.relu(tf.reduce_sum(weights * features, axis=-1))
     cams = cams / (tf.reduce_max(cams, axis=(1, 2), keepdims=True) + 1e-8)

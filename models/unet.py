@@ -8,7 +8,7 @@ from collections.abc import Mapping
 import keras
 from keras import layers
 
-from models.blocks import conv_block, model_input
+from models.blocks import OUTPUT_DTYPE, conv_block, model_input
 
 
 def build_unet(config: Mapping) -> keras.Model:
@@ -31,5 +31,5 @@ def build_unet(config: Mapping) -> keras.Model:
         if dropout > 0:
             x = layers.Dropout(dropout)(x)
         x = conv_block(x, multiple * base, n_convs=2, pool=False, batch_norm=batch_norm)
-    outputs = layers.Conv2D(1, 1, activation="sigmoid", name="mask")(x)
+    outputs = layers.Conv2D(1, 1, activation="sigmoid", name="mask", dtype=OUTPUT_DTYPE)(x)
     return keras.Model(inputs, outputs, name="unet")

@@ -46,6 +46,14 @@ def _not_interrupts(record: logging.LogRecord) -> bool:
     return not (record.exc_info and isinstance(record.exc_info[1], KeyboardInterrupt))
 
 
+def _workers(text: str) -> int | None:
+    """`--workers`: a number, or auto (None: one per GPU)."""
+    return None if text.strip().lower() == "auto" else _whole(text)
+
+
+_workers.__name__ = "int or auto"
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="medtune", description=__doc__)
     commands = top.add_subparsers(dest="command", required=True)
@@ -75,9 +83,13 @@ def parser() -> argparse.ArgumentParser:
     tune.add_argument("--engine", default="optuna",
                       help="optuna (default: TPE, pruning, lab baselines first) or keras-tuner "
                            "(Hyperband; its own study, <task>-keras-tuner)")
-    tune.add_argument("--workers", type=_whole, default=1,
-                      help="processes sharing the study on this machine (default 1); for "
-                           "several machines start the same command on each (see README)")
+    tune.add_argument("--workers", type=_workers, default=1,
+                      help="processes sharing the study on this machine (default 1), or auto: "
+                           "one per GPU (1 without); for several machines start the same "
+                           "command on each (see README)")
+    tune.add_argument("--gpus", type=_optional(str),
+                      help="GPU ids the workers use, e.g. 0,2 (default: all); each worker sees "
+                           "one, round-robin")
     tune.add_argument("--seed", type=_whole, default=0)
     tune.add_argument("--experiment", default="medtune",
                       help="MLflow experiment when not started by `mlflow run`")
@@ -148,6 +160,7 @@ def _tune(args: argparse.Namespace, spec, argv: list[str]) -> int:
         epochs=args.epochs, image_size=args.image_size, base=args.base, engine=args.engine,
         epoch_budget=args.epoch_budget,
     )
+    gpus = _plan_gpus(args)
     print(
         f"medtune: {spec.name} ({spec.description})\n"
         f"  budget {settings.budget}: {settings.n_trials} trials, up to {settings.epochs} epochs, "
@@ -155,7 +168,8 @@ def _tune(args: argparse.Namespace, spec, argv: list[str]) -> int:
         + (f", timeout {settings.timeout:g} s" if settings.timeout else "") + "\n"
         f"  data: {settings.data_dir or 'embedded synthetic set (no --data-dir given)'}\n"
         f"  study {settings.study_name!r} in {mask_password(settings.storage)}"
-        + (f", engine {settings.engine}" if settings.engine != "optuna" else ""),
+        + (f", engine {settings.engine}" if settings.engine != "optuna" else "") + "\n"
+        f"  {_device_line(gpus, spec.training.get('precision', 'float32'))}",
         flush=True,
     )
     started = time.monotonic()
@@ -168,7 +182,7 @@ def _tune(args: argparse.Namespace, spec, argv: list[str]) -> int:
         if settings.engine != "optuna":
             raise ValueError(f"the {settings.engine} engine runs in one process: drop --workers")
         run(dataclasses.replace(settings, n_trials=0))  # the study and its parent run, once
-        failed = _run_workers(args.workers, argv)
+        failed = _run_workers(gpus, argv)
         study, tracker = run(dataclasses.replace(settings, n_trials=0))  # the final summary
     else:
         failed = 0
@@ -188,16 +202,50 @@ def _tune(args: argparse.Namespace, spec, argv: list[str]) -> int:
     return 0
 
 
-def _run_workers(n: int, argv: list[str]) -> int:
-    """Start `n` processes of this same command, one worker each; wait; count failures."""
-    own = [a for i, a in enumerate(argv)
-           if a != "--workers" and (i == 0 or argv[i - 1] != "--workers")
-           and not a.startswith("--workers=")]
-    command = [sys.executable, "-m", "search.cli", *own]
-    workers = [subprocess.Popen(command, env={**os.environ, WORKER_ENV: str(i)})
-               for i in range(n)]
-    print(f"medtune: {n} workers started (pids {', '.join(str(w.pid) for w in workers)})",
-          flush=True)
+def _plan_gpus(args: argparse.Namespace) -> list[str | None]:
+    """Each worker's GPU (None: its devices as they are); sets `args.workers` to their number.
+    One worker runs in this process, which then sees only its GPU (before TensorFlow uses one)."""
+    from search import devices
+
+    chosen = devices.parse_gpus(args.gpus)
+    available = devices.available_gpus() if chosen or args.workers != 1 else []
+    gpus = devices.assign_gpus(args.workers, chosen, available)
+    args.workers = len(gpus)
+    if len(gpus) == 1 and gpus[0] is not None:
+        os.environ[devices.VISIBLE] = gpus[0]
+    devices.prepare_gpus()
+    return gpus
+
+
+def _device_line(gpus: list[str | None], precision: str) -> str:
+    from search.devices import banner_line
+
+    return banner_line(gpus) + ("" if precision == "float32" else f", precision {precision}")
+
+
+def _worker_envs(gpus: list[str | None], base: dict[str, str]) -> list[dict[str, str]]:
+    """The environment of each worker: its number, and only its GPU visible when it has one."""
+    from search.devices import GPU_ENV, VISIBLE
+
+    return [{**GPU_ENV, **base, WORKER_ENV: str(i), **({VISIBLE: gpu} if gpu is not None else {})}
+            for i, gpu in enumerate(gpus)]
+
+
+def _worker_argv(argv: list[str]) -> list[str]:
+    """This command without --workers and --gpus: what each worker runs."""
+    flags = ("--workers", "--gpus")
+    return [a for i, a in enumerate(argv)
+            if a not in flags and (i == 0 or argv[i - 1] not in flags)
+            and not a.startswith(tuple(f"{f}=" for f in flags))]
+
+
+def _run_workers(gpus: list[str | None], argv: list[str]) -> int:
+    """Start one process of this same command per entry of `gpus`, each a worker that sees only
+    its GPU; wait; count failures."""
+    command = [sys.executable, "-m", "search.cli", *_worker_argv(argv)]
+    workers = [subprocess.Popen(command, env=env) for env in _worker_envs(gpus, dict(os.environ))]
+    print(f"medtune: {len(workers)} workers started (pids "
+          f"{', '.join(str(w.pid) for w in workers)})", flush=True)
     return sum(w.wait() != 0 for w in workers)
 
 

@@ -25,7 +25,14 @@ from search.problems import Classification, Segmentation
 from search.spec import StudySpec
 from search.study import TuneSettings, counted_trials, epochs_spent
 from search.tracking import StudyTracker
-from search.training import EpochLines, best_epoch, check_finite, compile_model
+from search.training import (
+    EpochLines,
+    StopOnNonFinite,
+    best_epoch,
+    check_finite,
+    compile_model,
+    precision_policy,
+)
 
 
 def state_dir() -> Path:
@@ -148,14 +155,15 @@ class _LabModel(keras_tuner.HyperModel):
 
     def build(self, hp: keras_tuner.HyperParameters) -> keras.Model:
         config = self.problem.config(hyperparameters(hp, self.spec))
-        model = build_model(self.spec.model, config)
-        compile_model(model, config, *self.problem.loss_and_metrics(config))
+        with precision_policy(self.spec.training.get("precision", "float32")):
+            model = build_model(self.spec.model, config)
+            compile_model(model, config, *self.problem.loss_and_metrics(config))
         return model
 
     def fit(self, hp, model, *args, **kwargs):
         config = self.problem.config(hyperparameters(hp, self.spec))
         train, val = self.problem.datasets(config, self.seed)
-        kwargs["callbacks"] = [*kwargs.get("callbacks", []), keras.callbacks.TerminateOnNaN()]
+        kwargs["callbacks"] = [*kwargs.get("callbacks", []), StopOnNonFinite()]
         kwargs |= {"shuffle": False, "verbose": 0}  # `train` reshuffles itself; lines print
         return model.fit(train, validation_data=val, **kwargs)
 

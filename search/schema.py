@@ -53,7 +53,7 @@ DIMENSION = Table(
 BUDGET = Table({"image_size": int, "epochs": int, "n_trials": int, "timeout": NUMBER},
                required=(("image_size", "epochs", "n_trials"),))
 TRAINING = {"early_stopping_patience": int, "stuck_after_epochs": int,
-            "diverged_loss_factor": NUMBER}
+            "diverged_loss_factor": NUMBER, "precision": str}
 RECOVERY_KEYS = ("heartbeat_interval", "grace_period", "retries", "checkpoint_every_s",
                  "restart_after_growth_mb")
 

@@ -111,6 +111,8 @@ def open_study(
     )
     identity = {"task": spec.name, "epochs": settings.epochs,
                 "image_size": settings.image_size, "data_dir": settings.data_dir}
+    if spec.training["precision"] != "float32":  # (older studies recorded no precision)
+        identity["precision"] = spec.training["precision"]
     if spec.transfer:
         identity["base"] = settings.base
     if settings.engine != "optuna":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -11,6 +12,7 @@ import tensorflow as tf
 from tqdm import tqdm
 
 from models import build_model
+from search.spec import PRECISIONS
 
 OPTIMIZERS = {
     "adam": keras.optimizers.Adam,
@@ -48,8 +50,9 @@ def fit(
     Returns the model, its history and the validation data it was judged on.
     """
     keras.utils.set_random_seed(seed)
-    model = build_model(spec.model, config)
-    compile_model(model, config, *problem.loss_and_metrics(config))
+    with precision_policy(spec.training.get("precision", "float32")):
+        model = build_model(spec.model, config)
+        compile_model(model, config, *problem.loss_and_metrics(config))
     initial_epoch = restore(model) if restore else 0
     train, val = problem.datasets(config, seed)
     history = model.fit(
@@ -61,7 +64,7 @@ def fit(
         verbose=0,
         callbacks=[
             *callbacks,
-            keras.callbacks.TerminateOnNaN(),
+            StopOnNonFinite(),
             keras.callbacks.EarlyStopping(
                 spec.objective, mode="max", restore_best_weights=True,
                 patience=spec.training["early_stopping_patience"],
@@ -70,6 +73,33 @@ def fit(
         ],
     )
     return model, {k: [float(v) for v in vs] for k, vs in history.history.items()}, val
+
+
+class StopOnNonFinite(keras.callbacks.Callback):
+    """Stops training after an epoch whose loss is NaN or infinite (`check_finite` then fails the
+    trial with the reason). Keras' TerminateOnNaN checks every batch, and a callback with a batch
+    hook makes Keras run every batch's callbacks in step: on a GPU, a wait for each batch's loss
+    that plain `fit` does not have."""
+
+    def on_epoch_end(self, epoch: int, logs: Mapping[str, float] | None = None) -> None:
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(loss):
+            self.model.stop_training = True
+
+
+@contextmanager
+def precision_policy(name: str) -> Iterator[None]:
+    """Layers made in this block compute in `name`: "mixed_float16" is float16 math on float32
+    weights (output layers stay float32), and compile() then scales the loss. Layers keep the
+    policy they were made with, so the input pipeline and later trials stay float32."""
+    if name not in PRECISIONS:
+        raise ValueError(f"[training] precision {name!r}: choose one of {', '.join(PRECISIONS)}")
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(name)
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
 
 
 @contextmanager

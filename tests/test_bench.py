@@ -13,7 +13,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))  # bench/ runs from the checkout; it is not an installed package
 
-from bench import common, default_run, growth, overhead, run_all, startup  # noqa: E402
+from bench import common, default_run, growth, overhead, run_all, startup, throughput  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -129,6 +129,23 @@ def test_growth_smoke(out, monkeypatch):
     _, rows = table(client, "growth", "windows", out)
     assert len(rows) == 2 + len(growth.PARTS)
     assert "Resident memory" in section(out, "growth")
+
+
+def test_throughput_smoke(out, monkeypatch):
+    client = smoke(throughput, out, monkeypatch)
+    files = logged(client, "throughput")
+    assert {"tables/summary.csv", "tables/pairs.csv", "plots/throughput.png", "results.md",
+            "machine.json"} <= set(files)
+    _, (row,) = table(client, "throughput", "summary", out)
+    assert row["model"] == "vgg16" and row["batch_size"] == "32"
+    assert row["device"] == "CPU" or row["device"].startswith("GPU ")
+    assert float(row["plain_images_per_s"]) > 0 and float(row["medtune_images_per_s"]) > 0
+    _, rows = table(client, "throughput", "pairs", out)
+    assert sorted(r["side"] for r in rows) == ["medtune", "plain"]
+    assert all(r["timed_epochs"] == str(throughput.BUDGETS["smoke"]["epochs"] - 2) for r in rows)
+    text = section(out, "throughput")
+    assert "Command: `python -m bench.throughput --smoke" in text and "goal: >= 0.95" in text
+    assert ("These are CPU figures" in text) == (row["device"] == "CPU")
 
 
 def test_results_file_keeps_every_section_in_order(tmp_path):

@@ -17,3 +17,41 @@ def test_a_diverged_loss_fails_the_trial_with_its_epoch(bad):
     with pytest.raises(TrialFailed, match=f"loss became {bad} at epoch 3: training diverged"):
         check_finite({"accuracy": [0.5, 0.6, 0.5], "loss": [0.7, 0.6, bad]})
     check_finite({"loss": [0.7, 0.6]})  # finite: no error
+
+
+def test_a_trial_has_no_per_batch_callback_and_stops_on_a_non_finite_loss(tiny_skin, monkeypatch):
+    """A callback with a batch hook makes Keras run every batch's callbacks in step with the
+    device (on a GPU, a wait per batch that plain `fit` does not have)."""
+    import keras
+
+    from datasets import loader
+    from search.problems import make_problem
+    from search.spec import load_spec
+    from search.training import StopOnNonFinite, fit, fresh_keras_session
+
+    seen = []
+    original = keras.Model.fit
+
+    def spy(model, *args, callbacks=None, **kwargs):
+        seen.extend(callbacks)
+        return original(model, *args, callbacks=callbacks, **kwargs)
+
+    monkeypatch.setattr(keras.Model, "fit", spy)
+    spec = load_spec("lenet_skin")
+    problem = make_problem(spec, loader.load(spec.data, tiny_skin, 32))
+    params = {k: v for k, v in spec.baselines[0].items() if k != "note"}
+    with fresh_keras_session():
+        fit(spec, problem, problem.config(params), epochs=1, seed=0)
+    base = keras.callbacks.Callback
+    assert seen and any(isinstance(c, StopOnNonFinite) for c in seen)
+    for callback in seen:
+        for hook in ("on_batch_end", "on_train_batch_end", "on_test_batch_end"):
+            assert getattr(type(callback), hook) is getattr(base, hook), (callback, hook)
+
+    stop = StopOnNonFinite()
+    stop.set_model(keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)]))
+    stop.model.stop_training = False  # as fit() starts
+    stop.on_epoch_end(0, {"loss": 0.5})
+    assert not stop.model.stop_training
+    stop.on_epoch_end(1, {"loss": math.nan})
+    assert stop.model.stop_training
