@@ -214,8 +214,8 @@ def run(args: argparse.Namespace) -> common.Result:
 
     from datasets import loader
     from search.problems import make_problem
+    from search.settings import resolve_settings
     from search.spec import load_spec
-    from search.study import resolve_settings
 
     common.quiet_libraries()
     budget = dict(BUDGETS[args.mode])

@@ -223,7 +223,8 @@ def run_engine(engine: str, specs: dict, data: DataSet, seed: int, budget: dict,
                mlflow_url: str, scores: HeldOutScores) -> tuple[list[Trial], float]:
     """Run one engine's study (the grid: one study per baseline) to the epoch budget; its
     trials in the order they ran, and its wall time without the benchmark's test scoring."""
-    from search.study import resolve_settings, run_study
+    from search.settings import resolve_settings
+    from search.study import run_study
 
     key = f"{data.name}-{engine}-s{seed}"
     storage = common.sqlite_url(tmp / f"{key}.db")

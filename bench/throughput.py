@@ -152,7 +152,7 @@ def run(args: argparse.Namespace) -> common.Result:
     from datasets import loader
     from search.devices import device_tag
     from search.problems import make_problem
-    from search.study import resolve_settings
+    from search.settings import resolve_settings
 
     common.quiet_libraries()
     budget = dict(BUDGETS[args.mode])

@@ -12,8 +12,6 @@ import sys
 import time
 
 WORKER_ENV = "MEDTUNE_WORKER"  # set in the processes `--workers N` starts
-STARTED_ENV = "MEDTUNE_STARTED"  # when a restarted worker first started (its timeout counts on)
-RESTART = 75  # main() asks its caller to restart this process (memory, see MemoryGuard)
 INTERRUPTED = 130  # the shell's code for a process ended by Ctrl-C
 
 
@@ -150,8 +148,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _tune(args: argparse.Namespace, spec, argv: list[str]) -> int:
-    from search.recovery import MemoryGuard
-    from search.study import resolve_settings, run_study
+    from search import worker
+    from search.settings import resolve_settings
+    from search.study import run_study
     from search.urls import mask_password
 
     settings = resolve_settings(
@@ -173,9 +172,7 @@ def _tune(args: argparse.Namespace, spec, argv: list[str]) -> int:
         flush=True,
     )
     started = time.monotonic()
-    if settings.timeout and STARTED_ENV in os.environ:  # a restarted worker: same deadline
-        spent = time.time() - float(os.environ[STARTED_ENV])
-        settings = dataclasses.replace(settings, timeout=max(1.0, settings.timeout - spent))
+    settings = dataclasses.replace(settings, timeout=worker.timeout_left(settings.timeout))
     run = functools.partial(run_study, spec, tracking_uri=args.tracking_uri,
                             experiment=args.experiment)
     if args.workers > 1:
@@ -188,12 +185,12 @@ def _tune(args: argparse.Namespace, spec, argv: list[str]) -> int:
         failed = 0
         # A bar in a log, or from each of several workers, is noise.
         bar = sys.stderr.isatty() and WORKER_ENV not in os.environ
-        guard = MemoryGuard(spec.recovery["restart_after_growth_mb"])
+        guard = worker.MemoryGuard(spec.recovery["restart_after_growth_mb"])
         study, tracker = run(settings, show_progress_bar=bar, guard=guard)
         if guard.exceeded:
             print(f"medtune: {guard.exceeded}; restarting this worker to release it "
                   "(the study continues where it is)", flush=True)
-            return RESTART
+            return worker.RESTART
     _print_summary(study, tracker, spec.objective, settings.n_trials, time.monotonic() - started)
     if failed:
         print(f"medtune: error: {failed} of {args.workers} workers failed (see their output "
@@ -251,7 +248,7 @@ def _run_workers(gpus: list[str | None], argv: list[str]) -> int:
 
 def _compare(args: argparse.Namespace) -> int:
     from search import compare, plots
-    from search.study import DEFAULT_STORAGE
+    from search.settings import DEFAULT_STORAGE
     from search.tracking import log_comparison
 
     names = [n for n in args.studies.replace(",", " ").split() if n]
@@ -271,7 +268,7 @@ def _compare(args: argparse.Namespace) -> int:
 
 def _export(args: argparse.Namespace) -> int:
     from search.export import DEFAULT_TOLERANCE, export_best
-    from search.study import DEFAULT_STORAGE
+    from search.settings import DEFAULT_STORAGE
 
     tolerance = DEFAULT_TOLERANCE if args.tolerance is None else args.tolerance
     done = export_best(args.study, args.storage or DEFAULT_STORAGE, name=args.name,
@@ -291,7 +288,7 @@ def _export(args: argparse.Namespace) -> int:
 def _print_summary(study, tracker, objective: str, target: int, seconds: float) -> None:
     import optuna
 
-    from search.study import COUNTED, counted_trials
+    from search.limits import COUNTED, counted_trials
 
     TS = optuna.trial.TrialState
     failed = study.get_trials(deepcopy=False, states=(TS.FAIL,))
@@ -321,16 +318,12 @@ def _print_summary(study, tracker, objective: str, target: int, seconds: float) 
 
 def run() -> None:
     """The `medtune` command: `main`, restarting the process when a worker asks for it."""
+    from search import worker  # its clock starts before the study's imports
+
     code = main()
-    if code == RESTART:
-        os.environ.setdefault(STARTED_ENV, str(PROCESS_STARTED))
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os.execv(sys.executable, [sys.executable, "-m", "search.cli", *sys.argv[1:]])
+    if code == worker.RESTART:
+        worker.restart(sys.argv[1:])
     sys.exit(code)
-
-
-PROCESS_STARTED = time.time()
 
 if __name__ == "__main__":
     run()

@@ -21,9 +21,10 @@ import keras_tuner
 import optuna
 
 from models import build_model
+from search.limits import counted_trials, epochs_spent
 from search.problems import Classification, Segmentation
+from search.settings import TuneSettings
 from search.spec import StudySpec
-from search.study import TuneSettings, counted_trials, epochs_spent
 from search.tracking import StudyTracker
 from search.training import (
     EpochLines,

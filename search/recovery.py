@@ -171,39 +171,3 @@ class Recovery:
 def retried_from(trial: optuna.Trial) -> int | None:
     """The number of the (first) trial that this one retries, if it is a retry."""
     return trial.user_attrs.get(RETRY_OF)
-
-
-def resident_mb() -> float | None:
-    """This process's resident memory in MB (Linux; None elsewhere)."""
-    try:
-        status = Path("/proc/self/status").read_text()
-    except OSError:
-        return None
-    return next(int(line.split()[1]) for line in status.splitlines()
-                if line.startswith("VmRSS:")) / 1024
-
-
-class MemoryGuard:
-    """Stops the worker's study loop once its memory has grown by `limit_mb` since its first
-    trial, so the worker can restart itself and carry on with fresh memory.
-
-    Keras 3 on TensorFlow keeps a few MB per `fit` even after `clear_session()` and `gc`
-    (keras-team/keras#17458, #20552; measured here: 5 MB per trial for a tiny model, 11 MB for a
-    LeNet trial), which over hundreds of trials is an out-of-memory crash.
-    """
-
-    def __init__(self, limit_mb: float):
-        self.limit_mb = limit_mb
-        self.first: float | None = None
-        self.exceeded: str | None = None  # why the worker should restart
-
-    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        now = resident_mb()
-        if now is None or not self.limit_mb:
-            return
-        if self.first is None:
-            self.first = now
-        elif now - self.first > self.limit_mb:
-            self.exceeded = (f"worker memory grew from {self.first:.0f} MB to {now:.0f} MB "
-                             f"(limit +{self.limit_mb:.0f} MB, [recovery] restart_after_growth_mb)")
-            study.stop()

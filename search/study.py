@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import gc
 import time
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import asdict
 
 import optuna
 from optuna.study import MaxTrialsCallback
@@ -13,87 +12,19 @@ from optuna.study import MaxTrialsCallback
 from datasets import features, loader
 from models.transfer import FeatureBase, imagenet_base, trained_base
 from search import holdout
+from search.limits import COUNTED, EpochBudget, FailureCount, counted_trials
 from search.manifest import manifest
 from search.objective import make_objective
 from search.problems import make_problem
 from search.pruners import make_pruner, make_sampler
-from search.recovery import JOURNAL, MemoryGuard, Recovery
+from search.recovery import JOURNAL, Recovery
+from search.settings import TuneSettings
 from search.spec import StudySpec, baseline_params
 from search.tracking import StudyTracker, load_registered_model
 from search.urls import mask_password
+from search.worker import FreezeSurvivors, MemoryGuard
 
-DEFAULT_STORAGE = "sqlite:///optuna.db"
-ENGINES = ("optuna", "keras-tuner")
 SETTINGS_ATTR = "medtune_settings"  # what a continued study must agree on
-# What `n_trials` counts: trials that gave the search an answer. A failed trial does not count:
-# one whose worker died or was interrupted is retried, one that failed on its own is not.
-COUNTED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
-
-
-@dataclass(frozen=True)
-class TuneSettings:
-    """One `tune` invocation, after the study file's budget and the user's overrides."""
-
-    study_name: str
-    storage: str
-    data_dir: str | None
-    seed: int
-    n_trials: int  # complete + pruned trials the study should reach, counting earlier runs
-    timeout: float | None
-    epochs: int
-    image_size: int
-    budget: str
-    base: str | None = None  # transfer tasks: ImageNet weights file, or a models:/ URI
-    engine: str = "optuna"  # or "keras-tuner": Hyperband, its trials mirrored into the study
-    epoch_budget: int | None = None  # stop once the study's trials have trained this many epochs
-
-
-def resolve_settings(
-    spec: StudySpec,
-    *,
-    budget: str = "quick",
-    study_name: str | None = None,
-    storage: str | None = None,
-    data_dir: str | None = None,
-    seed: int = 0,
-    n_trials: int | None = None,
-    timeout: float | None = None,
-    epochs: int | None = None,
-    image_size: int | None = None,
-    base: str | None = None,
-    engine: str = "optuna",
-    epoch_budget: int | None = None,
-) -> TuneSettings:
-    if engine not in ENGINES:
-        raise ValueError(f"unknown engine {engine!r}; choose one of: {', '.join(ENGINES)}")
-    if budget not in spec.budget:
-        raise ValueError(f"unknown budget {budget!r}; choose one of: {', '.join(spec.budget)}")
-    chosen = spec.budget[budget]
-    settings = TuneSettings(
-        # Each engine its own study by default, so `compare` can set them side by side.
-        study_name=study_name or (spec.name if engine == "optuna" else f"{spec.name}-{engine}"),
-        storage=storage or DEFAULT_STORAGE,
-        data_dir=str(Path(data_dir).expanduser().resolve()) if data_dir else None,
-        seed=seed,
-        n_trials=chosen["n_trials"] if n_trials is None else n_trials,
-        # 0 lifts the budget's time limit
-        timeout=(chosen.get("timeout") if timeout is None else timeout) or None,
-        epochs=chosen["epochs"] if epochs is None else epochs,
-        image_size=chosen["image_size"] if image_size is None else image_size,
-        budget=budget,
-        base=base or None,
-        engine=engine,
-        epoch_budget=epoch_budget or None,
-    )
-    for name in ("n_trials", "epochs", "image_size"):
-        if getattr(settings, name) < 1:
-            raise ValueError(f"{name} must be at least 1, got {getattr(settings, name)}")
-    if settings.image_size < 32 and spec.model in ("alexnet", "vgg16"):
-        raise ValueError(f"image_size {settings.image_size} is too small for {spec.model}: "
-                         "its pooling needs at least 32 pixels")
-    if settings.timeout is not None and settings.timeout < 0:
-        raise ValueError(f"timeout must be seconds >= 0 (0: no limit), got {settings.timeout}")
-    return settings
 
 
 def open_study(
@@ -198,68 +129,6 @@ def _optimize(spec, settings, study, problem, tracker, recovery, guard, verbose,
     if failures.stopped:
         print(f"medtune: stopped after {failures.count} failed trials in this run (see their "
               "`error` tags in MLflow); fix the cause, then run again to continue", flush=True)
-
-
-class FailureCount:
-    """Counts this run's failed trials; stops the study once there are `limit` of them."""
-
-    def __init__(self, limit: int):
-        self.limit, self.count = limit, 0
-
-    @property
-    def stopped(self) -> bool:
-        return self.count >= self.limit
-
-    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        if trial.state == optuna.trial.TrialState.FAIL:
-            self.count += 1
-            if self.stopped:
-                study.stop()
-
-
-class FreezeSurvivors:
-    """Keep what outlived a trial out of later trials' collections. TensorFlow keeps each
-    trial's traced functions after `clear_session` (see MemoryGuard); scanned again by every
-    later collection, they made the one per trial grow from 0.05 to 1.3 s over 200 trials.
-    Frozen, a collection scans one trial's objects. What is frozen and only later becomes
-    garbage stays until a full collection: every `every` trials (and at the study's end) all
-    is unfrozen and collected once, which bounds that memory to a few trials' worth."""
-
-    def __init__(self, every: int = 20):
-        self.every, self.trials = every, 0
-
-    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        self.trials += 1
-        if self.trials % self.every == 0:
-            gc.unfreeze()
-            gc.collect()
-        else:
-            gc.collect(1)  # young garbage is not frozen
-        gc.freeze()
-
-
-def epochs_spent(study: optuna.Study) -> int:
-    """Epochs trained by all of the study's trials (a pruned trial counts those it ran)."""
-    return sum(t.user_attrs.get("epochs_run", 0) for t in study.get_trials(deepcopy=False))
-
-
-class EpochBudget:
-    """Stops the study once its trials have trained `budget` epochs in all (None: no limit)."""
-
-    def __init__(self, budget: int | None):
-        self.budget = budget
-
-    def spent(self, study: optuna.Study) -> bool:
-        return bool(self.budget) and epochs_spent(study) >= self.budget
-
-    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        if self.spent(study):
-            study.stop()
-
-
-def counted_trials(study: optuna.Study) -> int:
-    """The trials `n_trials` counts: complete and pruned ones."""
-    return len(study.get_trials(deepcopy=False, states=COUNTED))
 
 
 def run_study(

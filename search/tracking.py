@@ -33,8 +33,8 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from search import plots
-from search.recovery import resident_mb
 from search.urls import mask_password
+from search.worker import resident_mb
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 PARENT_ATTR = "mlflow_parent_run_id"  # study user attr: the parent run survives restarts

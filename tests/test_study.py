@@ -16,7 +16,7 @@ from mlflow.tracking import MlflowClient
 
 from search.cli import main
 from search.spec import load_spec
-from search.study import FreezeSurvivors
+from search.worker import FreezeSurvivors
 
 REPO = Path(__file__).resolve().parents[1]
 TS = optuna.trial.TrialState
