@@ -73,8 +73,9 @@ def parser() -> argparse.ArgumentParser:
                       help="processes sharing the study on this machine (default 1); for "
                            "several machines start the same command on each (see README)")
     tune.add_argument("--seed", type=_whole, default=0)
-    tune.add_argument("--experiment", default="medtune",
-                      help="MLflow experiment when not started by `mlflow run`")
+    tune.add_argument("--experiment", type=_optional(str),
+                      help="MLflow experiment (default: the task's name; under `mlflow run`, "
+                           "the experiment it chose)")
     tune.add_argument("--tracking-uri", type=_optional(str),
                       help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or "
                            "sqlite:///mlflow.db)")
@@ -88,7 +89,8 @@ def parser() -> argparse.ArgumentParser:
     export.add_argument("--tolerance", type=_optional(float),
                         help="refuse to register when the replay misses the recorded value by "
                              "more than this (default 0.02)")
-    export.add_argument("--experiment", default="medtune")
+    export.add_argument("--experiment", type=_optional(str),
+                        help="MLflow experiment (default: the task's name)")
     export.add_argument("--tracking-uri", type=_optional(str))
 
     compare = commands.add_parser("compare", help="the best trials of several studies")

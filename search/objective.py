@@ -72,7 +72,7 @@ def make_objective(
 
             # The weights are the best epoch's (EarlyStopping restored them): judge those.
             problem.log_artifacts(run, model, val, config, epoch, improves(trial, value))
-            run.log_metrics({"objective": value, "best_epoch": epoch})
+            run.log_metrics({"trial.objective": value, "trial.best_epoch": epoch})
             trial.set_user_attr("best_epoch", epoch)
             return value
 

@@ -17,7 +17,7 @@ from search.problems import make_problem
 from search.pruners import make_pruner, make_sampler
 from search.recovery import JOURNAL, MemoryGuard, Recovery
 from search.spec import StudySpec
-from search.tracking import StudyTracker, load_registered_model
+from search.tracking import DataRecord, StudyTracker, load_registered_model
 from search.urls import mask_password
 
 DEFAULT_STORAGE = "sqlite:///optuna.db"
@@ -132,6 +132,14 @@ def open_study(
     return study
 
 
+def data_record(name: str, data) -> DataRecord:
+    """The data set as MLflow's dataset inputs show it: name, fingerprint, source, counts."""
+    counts = {"train": len(data.y_train), "validation": len(data.y_val)}
+    if "y_test" in (data.extra or {}):
+        counts["test"] = len(data.extra["y_test"])
+    return DataRecord(name, data.fingerprint, data.source, counts, data.layout)
+
+
 def enqueue_baselines(spec: StudySpec, study: optuna.Study) -> None:
     """The lab's own settings first: a search never ends worse than the lab's recipe."""
     for baseline in spec.baselines:
@@ -220,7 +228,7 @@ def run_study(
     settings: TuneSettings,
     *,
     tracking_uri: str | None = None,
-    experiment: str = "medtune",
+    experiment: str | None = None,  # MLflow experiment; None: the task's name
     verbose: bool = True,
     show_progress_bar: bool = True,
     guard: MemoryGuard | None = None,
@@ -253,12 +261,13 @@ def run_study(
         study,
         settings=params,
         tags={"medtune.task": spec.name, "mlflow.note.content": spec.description},
-        experiment=experiment,
+        experiment=experiment or spec.name,
         tracking_uri=tracking_uri,
         # Workers on several machines may start a new study together; on one machine's SQLite
         # or journal file, `--workers` makes the study before it starts its workers.
         shared=not settings.storage.startswith(("sqlite", JOURNAL)),
     )
+    tracker.use_data(data_record(spec.data, data))
     tracker.log_text(spec.source, f"study/{spec.name}.toml")
     tracker.log_dict(
         manifest(

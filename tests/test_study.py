@@ -48,7 +48,7 @@ def test_two_trial_study_logs_parent_children_epochs_and_plots(workdir, tiny_ski
             history = client.get_metric_history(child.info.run_id, metric)
             assert [m.step for m in history] == [1, 2]
         val_acc = [m.value for m in client.get_metric_history(child.info.run_id, "val_accuracy")]
-        assert child.data.metrics["objective"] == pytest.approx(max(val_acc))
+        assert child.data.metrics["trial.objective"] == pytest.approx(max(val_acc))
         assert trial.value == pytest.approx(max(val_acc))
         plots = {a.path: a.file_size for a in client.list_artifacts(child.info.run_id, "plots")}
         assert plots.keys() == {
