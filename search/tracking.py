@@ -60,14 +60,15 @@ def log_params(client: MlflowClient, run_id: str, params: Mapping[str, Any]) -> 
     """Log `params` into a run that may hold params already: `mlflow run` logs its entry
     point's parameters as given (`storage=''`) before medtune resolves them, and MLflow refuses
     to change a param's value. A key the run has keeps its value; where medtune's resolved value
-    differs, it goes under `resolved.<key>` (e.g. `resolved.storage = sqlite:///optuna.db`)."""
+    differs, it goes under `resolved.<key>` (e.g. `resolved.storage = sqlite:///optuna.db`).
+    An empty default arrives shell-quoted, as `''`; it equals medtune's None."""
     have = client.get_run(run_id).data.params
     new: dict[str, str] = {}
     for key, value in params.items():
         text = str(value)
         if key not in have:
             new[key] = text
-        elif (have[key] != text and not (have[key] == "" and value is None)
+        elif (have[key] != text and not (have[key] in ("", "''") and value is None)
               and f"resolved.{key}" not in have):
             new[f"resolved.{key}"] = text
     items = [Param(k, v) for k, v in new.items()]
