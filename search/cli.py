@@ -101,6 +101,12 @@ def parser() -> argparse.ArgumentParser:
     compare.add_argument("--top", type=_whole, default=3, help="trials per study (default 3)")
     compare.add_argument("--experiment", default="medtune")
     compare.add_argument("--tracking-uri", type=_optional(str))
+
+    dashboard = commands.add_parser(
+        "dashboard", help="optuna-dashboard over the studies' storage, on 127.0.0.1")
+    dashboard.add_argument("--storage", type=_optional(str),
+                           help="Optuna storage URL (default sqlite:///optuna.db)")
+    dashboard.add_argument("--port", type=_whole, default=8080, help="port (default 8080)")
     return top
 
 
@@ -119,6 +125,8 @@ def main(argv: list[str] | None = None) -> int:
             return _compare(args)
         if args.command == "export":
             return _export(args)
+        if args.command == "dashboard":
+            return _dashboard(args)
         return _tune(args, load_spec(args.task), sys.argv[1:] if argv is None else argv)
     except ValueError as error:  # bad input: say what and how to fix it, no traceback
         print(f"medtune: error: {error}", file=sys.stderr)
@@ -225,6 +233,21 @@ def _export(args: argparse.Namespace) -> int:
     print(f"  predict: mlflow.pyfunc.load_model({model.model_uri!r}).predict(['image.png'])")
     print(f"  serve:   mlflow models serve -m {model.model_uri} --env-manager local -p 5001")
     print(f"  Keras:   mlflow.keras.load_model({model.keras_uri!r})")
+    return 0
+
+
+def _dashboard(args: argparse.Namespace) -> int:
+    """optuna-dashboard on the same Optuna storage the studies use (a journal file too)."""
+    from optuna_dashboard import run_server
+
+    from search.recovery import open_storage
+    from search.study import DEFAULT_STORAGE
+    from search.urls import mask_password
+
+    storage = args.storage or DEFAULT_STORAGE
+    print(f"medtune: optuna-dashboard of {mask_password(storage)} on "
+          f"http://127.0.0.1:{args.port} (Ctrl-C stops it)", flush=True)
+    run_server(open_storage(storage), host="127.0.0.1", port=args.port)
     return 0
 
 

@@ -378,7 +378,13 @@ class StudyTracker:
         self.client.set_terminated(self.parent_run_id, status)
 
     def ui_hint(self) -> str:
-        return f"mlflow ui --backend-store-uri {mask_password(self.tracking_uri)}"
+        """How to open the study in MLflow's UI, on its runs ("Model training" view: MLflow
+        3.17's UI opens an experiment as GenAI unless the link says otherwise)."""
+        page = f"#/experiments/{self.experiment_id}?workflowType=machine_learning"
+        if self.tracking_uri.startswith(("http://", "https://")):
+            return f"{mask_password(self.tracking_uri).rstrip('/')}/{page}"
+        return (f"mlflow ui --backend-store-uri {mask_password(self.tracking_uri)}, then "
+                f"http://127.0.0.1:5000/{page}")
 
 
 def _settle_parent(client: MlflowClient, study: optuna.Study, mine: str, pause: float,
