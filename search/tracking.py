@@ -405,6 +405,7 @@ def _point_to(client: MlflowClient, outer: str, study_run: str, study_name: str,
     """`mlflow run`'s run of a command that continues a study with a run of its own: a thin
     child of the study's run, holding the command's parameters and saying where the trials
     are, so the study keeps one run with all its trials."""
+    mark_kind(client, client.get_run(outer).info.experiment_id)
     client.update_run(outer, name=f"{study_name} continued")
     log_params(client, outer, settings)
     client.log_batch(outer, tags=[RunTag(k, v) for k, v in {
