@@ -201,6 +201,7 @@ def _compare(args: argparse.Namespace) -> int:
     from search import compare, plots
     from search.study import DEFAULT_STORAGE
     from search.tracking import log_comparison
+    from search.urls import mask_password
 
     names = [n for n in args.studies.replace(",", " ").split() if n]
     table = compare.best_trials(args.storage or DEFAULT_STORAGE, names, top=args.top)
@@ -212,6 +213,8 @@ def _compare(args: argparse.Namespace) -> int:
         f"compare {' vs '.join(names)}",
         {"best_trials.md": text, "best_trials.csv": table.to_csv(index=False)},
         plots.best_trials_bars(table), experiment=args.experiment, tracking_uri=args.tracking_uri,
+        params={"studies": " ".join(names), "top": args.top,
+                "storage": mask_password(args.storage or DEFAULT_STORAGE)},
     )
     print(f"logged to MLflow run {run_id}")
     return 0

@@ -130,6 +130,16 @@ def test_under_mlflow_run_its_run_is_the_study_run_two_levels_and_dead_runs_end_
     assert version.run_id == fourth
     assert export.inputs.dataset_inputs[0].dataset.name == "skin"
 
+    # `mlflow run . -e compare` too: its run keeps `storage=''` and gets the resolved value.
+    fifth = project_run(client, "labs", "compare", studies="lenet_skin", storage="", top="3")
+    monkeypatch.setenv("MLFLOW_RUN_ID", fifth)
+    assert main(["compare", "--studies", "lenet_skin", "--storage", "", "--top", "3",
+                 "--tracking-uri", f"sqlite:///{workdir}/mlflow.db"]) == 0
+    compare = client.get_run(fifth)
+    assert compare.info.run_name == "compare lenet_skin"
+    assert compare.data.params["resolved.storage"] == "sqlite:///optuna.db"
+    assert {"best_trials.md", "best_trials.csv"} <= {a.path for a in client.list_artifacts(fifth)}
+
 
 def test_outside_mlflow_run_a_study_logs_into_the_tasks_experiment(workdir, tiny_skin):
     assert tune(workdir, "--task", "mlp_skin", "--n-trials", "1", "--epochs", "1",
