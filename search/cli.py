@@ -89,8 +89,9 @@ def parser() -> argparse.ArgumentParser:
                       help="GPU ids the workers use, e.g. 0,2 (default: all); each worker sees "
                            "one, round-robin")
     tune.add_argument("--seed", type=_whole, default=0)
-    tune.add_argument("--experiment", default="medtune",
-                      help="MLflow experiment when not started by `mlflow run`")
+    tune.add_argument("--experiment", type=_optional(str),
+                      help="MLflow experiment (default: the task's name; under `mlflow run`, "
+                           "the experiment it chose)")
     tune.add_argument("--tracking-uri", type=_optional(str),
                       help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or "
                            "sqlite:///mlflow.db)")
@@ -104,7 +105,8 @@ def parser() -> argparse.ArgumentParser:
     export.add_argument("--tolerance", type=_optional(float),
                         help="refuse to register when the replay misses the recorded value by "
                              "more than this (default 0.02)")
-    export.add_argument("--experiment", default="medtune")
+    export.add_argument("--experiment", type=_optional(str),
+                        help="MLflow experiment (default: the task's name)")
     export.add_argument("--tracking-uri", type=_optional(str))
 
     compare = commands.add_parser("compare", help="the best trials of several studies")
@@ -115,6 +117,12 @@ def parser() -> argparse.ArgumentParser:
     compare.add_argument("--top", type=_whole, default=3, help="trials per study (default 3)")
     compare.add_argument("--experiment", default="medtune")
     compare.add_argument("--tracking-uri", type=_optional(str))
+
+    dashboard = commands.add_parser(
+        "dashboard", help="optuna-dashboard over the studies' storage, on 127.0.0.1")
+    dashboard.add_argument("--storage", type=_optional(str),
+                           help="Optuna storage URL (default sqlite:///optuna.db)")
+    dashboard.add_argument("--port", type=_whole, default=8080, help="port (default 8080)")
     return top
 
 
@@ -135,6 +143,8 @@ def main(argv: list[str] | None = None) -> int:
             return _compare(args)
         if args.command == "export":
             return _export(args)
+        if args.command == "dashboard":
+            return _dashboard(args)
         return _tune(args, load_spec(args.task), sys.argv[1:] if argv is None else argv)
     except ValueError as error:  # bad input: say what and how to fix it, no traceback
         print(f"medtune: error: {error}", file=sys.stderr)
@@ -250,6 +260,7 @@ def _compare(args: argparse.Namespace) -> int:
     from search import compare, plots
     from search.settings import DEFAULT_STORAGE
     from search.tracking import log_comparison
+    from search.urls import mask_password
 
     names = [n for n in args.studies.replace(",", " ").split() if n]
     table = compare.best_trials(args.storage or DEFAULT_STORAGE, names, top=args.top)
@@ -261,6 +272,8 @@ def _compare(args: argparse.Namespace) -> int:
         f"compare {' vs '.join(names)}",
         {"best_trials.md": text, "best_trials.csv": table.to_csv(index=False)},
         plots.best_trials_bars(table), experiment=args.experiment, tracking_uri=args.tracking_uri,
+        params={"studies": " ".join(names), "top": args.top,
+                "storage": mask_password(args.storage or DEFAULT_STORAGE)},
     )
     print(f"logged to MLflow run {run_id}")
     return 0
@@ -285,9 +298,25 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _dashboard(args: argparse.Namespace) -> int:
+    """optuna-dashboard on the same Optuna storage the studies use (a journal file too)."""
+    from optuna_dashboard import run_server
+
+    from search.recovery import open_storage
+    from search.settings import DEFAULT_STORAGE
+    from search.urls import mask_password
+
+    storage = args.storage or DEFAULT_STORAGE
+    print(f"medtune: optuna-dashboard of {mask_password(storage)} on "
+          f"http://127.0.0.1:{args.port} (Ctrl-C stops it)", flush=True)
+    run_server(open_storage(storage), host="127.0.0.1", port=args.port)
+    return 0
+
+
 def _print_summary(study, tracker, objective: str, target: int, seconds: float) -> None:
     import optuna
 
+    from search.holdout import TEST_ATTR
     from search.limits import COUNTED, counted_trials
 
     TS = optuna.trial.TrialState
@@ -306,7 +335,7 @@ def _print_summary(study, tracker, objective: str, target: int, seconds: float) 
         for key, value in best.params.items():
             print(f"  {key:16} {value}")
         print(f"best trial's MLflow run: {best.user_attrs.get('mlflow_run_id')}")
-        test = study.user_attrs.get("medtune_test")
+        test = study.user_attrs.get(TEST_ATTR)
         if test and test["trial"] == best.number:  # judged once, never used to select
             print(f"best trial on the test split ({test['n_test']} images, never used to "
                   f"select): " + ", ".join(f"{k} {v:.4f}" for k, v in test.items()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import optuna
 import pandas as pd
 
+from search.holdout import TEST_ATTR
 from search.recovery import open_storage
 from search.urls import mask_password
 
@@ -24,7 +25,7 @@ def best_trials(storage: str, studies: list[str], top: int = 3) -> pd.DataFrame:
         objective = study.user_attrs.get("medtune_objective", "value")
         done = sorted(study.get_trials(deepcopy=False, states=(TS.COMPLETE,)),
                       key=lambda t: t.value, reverse=True)
-        test = study.user_attrs.get("medtune_test", {})  # the best trial's, judged once
+        test = study.user_attrs.get(TEST_ATTR, {})  # the best trial's, judged once
         for rank, trial in enumerate(done[:top], start=1):
             score = test.get(f"test_{objective.removeprefix('val_')}")
             rows.append({

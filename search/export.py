@@ -18,7 +18,7 @@ from search.predictor import preprocessing
 from search.problems import make_problem
 from search.recovery import open_storage
 from search.spec import load_spec
-from search.study import SETTINGS_ATTR, feature_base
+from search.study import SETTINGS_ATTR, data_record, feature_base
 from search.tracking import Registered, export_run, register_model
 from search.training import EpochLines, best_epoch, check_finite, fit, fresh_keras_session
 from search.urls import mask_password
@@ -71,7 +71,7 @@ def export_best(
     name: str | None = None,
     tolerance: float = DEFAULT_TOLERANCE,
     tracking_uri: str | None = None,
-    experiment: str = "medtune",
+    experiment: str | None = None,  # None: the task's name, as the study's
     verbose: bool = True,
 ) -> Export:
     if tolerance < 0:
@@ -94,8 +94,9 @@ def export_best(
     tags = {"medtune.study": study_name, "medtune.task": spec.name,
             "medtune.replayed_trial": str(best.number),
             "replayed_run_id": best.user_attrs.get("mlflow_run_id", "")}
-    with export_run(f"export {study_name}", params, tags, experiment=experiment,
+    with export_run(f"export {study_name}", params, tags, experiment=experiment or spec.name,
                     tracking_uri=tracking_uri) as run, fresh_keras_session():
+        run.log_data(data_record(spec.data, data))
         label = f"replay of {study_name} trial {best.number}"
         lines = [EpochLines(label, epochs)] if verbose else []
         model, history, _ = fit(spec, problem, config, epochs=epochs, seed=seed,

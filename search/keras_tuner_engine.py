@@ -129,7 +129,7 @@ class _Hyperband(keras_tuner.Hyperband):
                 results = super().run_trial(trial, *args, **kwargs)
                 check_finite(run.history)
                 value, epoch = best_epoch(run.history[self.spec.objective])
-                run.log_metrics({"objective": value, "best_epoch": initial + epoch})
+                run.log_metrics({"trial.objective": value, "trial.best_epoch": initial + epoch})
                 record.set_user_attr("best_epoch", initial + epoch)
             return results
         finally:  # failed trials too: Keras Tuner goes on, and so does the record

@@ -15,7 +15,7 @@ from optuna_integration import KerasPruningCallback
 from search import holdout
 from search.checkpoints import Checkpoint
 from search.problems import Classification, Segmentation
-from search.recovery import OWNER_ATTR, owner_id, retried_from
+from search.recovery import OWNER_ATTR, retried_from
 from search.spec import StudySpec, suggest
 from search.stopping import StuckOrDiverged
 from search.tracking import StudyTracker
@@ -26,6 +26,7 @@ from search.training import (
     fit,
     fresh_keras_session,
 )
+from search.worker import owner_id
 
 
 def make_objective(
@@ -39,10 +40,7 @@ def make_objective(
     verbose: bool = True,
 ) -> Callable[[optuna.Trial], float]:
     monitor = spec.objective
-    try:
-        chance = problem.chance(monitor)  # what a constant prediction scores
-    except KeyError:
-        chance = None
+    chance = problem.chance().get(monitor.removeprefix("val_"))  # a constant guess's score
 
     def objective(trial: optuna.Trial) -> float:
         trial.set_user_attr(OWNER_ATTR, owner_id())  # first: a dead owner fails the trial
@@ -89,7 +87,7 @@ def make_objective(
             problem.log_artifacts(run, model, val, config, epoch, best_so_far)
             if best_so_far:  # the test split judges the study's pick once, at the end
                 holdout.keep_best(model, storage, trial.study, trial.number)
-            run.log_metrics({"objective": value, "best_epoch": epoch})
+            run.log_metrics({"trial.objective": value, "trial.best_epoch": epoch})
             trial.set_user_attr("best_epoch", epoch)
             return value
 

@@ -61,11 +61,10 @@ class Classification:
         found = {"train": data.y_train, "val": data.y_val}
         return found | ({"test": data.extra["y_test"]} if "y_test" in data.extra else {})
 
-    def chance(self, monitor: str) -> float:
-        """What a constant prediction scores on `monitor` (validation)."""
-        return {"val_accuracy": self.majority_rates()["val"],
-                "val_balanced_accuracy": 1.0 / self.data.n_classes,
-                "val_auc": 0.5}[monitor]
+    def chance(self) -> dict[str, float]:
+        """What a constant prediction scores on each metric, on validation."""
+        return {"accuracy": self.majority_rates()["val"],
+                "balanced_accuracy": 1.0 / self.data.n_classes, "auc": 0.5}
 
     def datasets(self, config: Mapping[str, Any], seed: int) -> tuple[tf.data.Dataset, ...]:
         data, loss = self.data, config["loss"]
@@ -145,12 +144,10 @@ class Segmentation:
         return {"train": float(1 - self.data.y_train.mean()),
                 "val": float(1 - self.data.y_val.mean())}
 
-    def chance(self, monitor: str) -> float:
-        """What a constant mask scores on `monitor`: the dice of marking every pixel."""
-        if monitor != "val_dice":
-            raise KeyError(monitor)
+    def chance(self) -> dict[str, float]:
+        """What a constant mask scores on validation: the dice of marking every pixel."""
         share = float(self.data.y_val.mean())
-        return 2 * share / (1 + share)
+        return {"dice": 2 * share / (1 + share)}
 
     def datasets(self, config: Mapping[str, Any], seed: int) -> tuple[tf.data.Dataset, ...]:
         data = self.data

@@ -14,12 +14,9 @@ attributes left out); the retry resumes from its last epoch checkpoint (`search.
 
 from __future__ import annotations
 
-import os
-import socket
 import time
 import warnings
 from collections.abc import Mapping
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import optuna
@@ -28,45 +25,16 @@ from optuna.storages.journal import JournalFileBackend
 from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError, ProgrammingError
 
 from search.storages import storage_error
+from search.worker import owner_alive, owner_id
 
 if TYPE_CHECKING:
     from search.tracking import StudyTracker
 
-OWNER_ATTR = "owner"  # "host:pid:start" of the process running the trial
+OWNER_ATTR = "owner"  # "host:pid:start" of the process running the trial (`worker.owner_id`)
 RETRY_OF = "retry_of"  # a retried trial: the number of the trial it repeats
 RUN_ATTRS = (OWNER_ATTR, "mlflow_run_id", "fail_reason", "seed", "epochs_run", "pruned_at_epoch")
 JOURNAL = "journal:"  # journal:path/to/study.log, Optuna's file storage for several processes
 INTERRUPTED = "KeyboardInterrupt"  # how the fail_reason of a trial cut by Ctrl-C starts
-
-
-def _started(pid: int) -> str | None:
-    """The process's start time in clock ticks (Linux), which tells a reused pid apart."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return stat.rsplit(")", 1)[1].split()[19]
-
-
-def owner_id(pid: int | None = None) -> str:
-    pid = pid or os.getpid()
-    return f"{socket.gethostname()}:{pid}:{_started(pid) or ''}"
-
-
-def owner_alive(owner: str) -> bool | None:
-    """False when the owner ran on this host and is gone; None when this host cannot tell."""
-    host, pid, started = owner.rsplit(":", 2)
-    if host != socket.gethostname():
-        return None  # another machine's worker: the heartbeat decides
-    if not Path("/proc").is_dir():  # not Linux: ask the kernel about the pid alone
-        try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
-    return _started(int(pid)) == started and started != ""
 
 
 def open_storage(url: str) -> str | optuna.storages.BaseStorage:

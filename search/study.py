@@ -20,7 +20,7 @@ from search.pruners import make_pruner, make_sampler
 from search.recovery import JOURNAL, Recovery
 from search.settings import TuneSettings
 from search.spec import StudySpec, baseline_params
-from search.tracking import StudyTracker, load_registered_model
+from search.tracking import DataRecord, StudyTracker, load_registered_model
 from search.urls import mask_password
 from search.worker import FreezeSurvivors, MemoryGuard
 
@@ -63,6 +63,14 @@ def open_study(
             "settings to continue it, or give a new study name (--study)."
         )
     return study
+
+
+def data_record(name: str, data) -> DataRecord:
+    """The data set as MLflow's dataset inputs show it: name, fingerprint, source, counts."""
+    counts = {"train": len(data.y_train), "validation": len(data.y_val)}
+    if "y_test" in (data.extra or {}):
+        counts["test"] = len(data.extra["y_test"])
+    return DataRecord(name, data.fingerprint, data.source, counts, data.layout)
 
 
 def enqueue_baselines(spec: StudySpec, study: optuna.Study, budget: str) -> None:
@@ -131,29 +139,12 @@ def _optimize(spec, settings, study, problem, tracker, recovery, guard, verbose,
               "`error` tags in MLflow); fix the cause, then run again to continue", flush=True)
 
 
-def run_study(
-    spec: StudySpec,
-    settings: TuneSettings,
-    *,
-    tracking_uri: str | None = None,
-    experiment: str = "medtune",
-    verbose: bool = True,
-    show_progress_bar: bool = True,
-    guard: MemoryGuard | None = None,
-) -> tuple[optuna.Study, StudyTracker]:
-    """Load the data once, then run trials until the study has `n_trials` counted ones (or
-    until `guard` stops this worker to restart it with fresh memory)."""
-    # A missing transfer base is found before any data is decoded.
-    base = feature_base(settings.base, settings.image_size, tracking_uri) if spec.transfer else None
-    data = loader.load(spec.data, settings.data_dir, settings.image_size)
-    extra = {}
-    if base is not None:  # trials train only the head: extract the base's features once, up front
-        data, seconds = features.extract(data, base)
-        extra = {"transfer_base": base.identity, "features_cached": data.from_cache,
-                 "feature_seconds": round(seconds, 1)}
-    problem = make_problem(spec, data)
-    recovery = Recovery(spec.recovery)
-    study = open_study(spec, settings, recovery)
+def _start_tracking(spec: StudySpec, settings: TuneSettings, study: optuna.Study, problem,
+                    extra: dict, tracking_uri: str | None, experiment: str | None
+                    ) -> StudyTracker:
+    """The study's MLflow run, opened (or reopened) with its settings, data, study file and
+    manifest."""
+    data = problem.data
     params = {
         **{k: v for k, v in asdict(settings).items() if k != "storage"},
         "storage": mask_password(settings.storage),
@@ -174,12 +165,14 @@ def run_study(
         study,
         settings=params,
         tags={"medtune.task": spec.name, "mlflow.note.content": spec.description},
-        experiment=experiment,
+        experiment=experiment or spec.name,
         tracking_uri=tracking_uri,
         # Workers on several machines may start a new study together; on one machine's SQLite
         # or journal file, `--workers` makes the study before it starts its workers.
         shared=not settings.storage.startswith(("sqlite", JOURNAL)),
     )
+    tracker.use_data(data_record(spec.data, data))
+    tracker.chance = problem.chance()
     tracker.log_text(spec.source, f"study/{spec.name}.toml")
     tracker.log_dict(
         manifest(
@@ -191,6 +184,33 @@ def run_study(
         ),
         "manifest.json",
     )
+    return tracker
+
+
+def run_study(
+    spec: StudySpec,
+    settings: TuneSettings,
+    *,
+    tracking_uri: str | None = None,
+    experiment: str | None = None,  # MLflow experiment; None: the task's name
+    verbose: bool = True,
+    show_progress_bar: bool = True,
+    guard: MemoryGuard | None = None,
+) -> tuple[optuna.Study, StudyTracker]:
+    """Load the data once, then run trials until the study has `n_trials` counted ones (or
+    until `guard` stops this worker to restart it with fresh memory)."""
+    # A missing transfer base is found before any data is decoded.
+    base = feature_base(settings.base, settings.image_size, tracking_uri) if spec.transfer else None
+    data = loader.load(spec.data, settings.data_dir, settings.image_size)
+    extra = {}
+    if base is not None:  # trials train only the head: extract the base's features once, up front
+        data, seconds = features.extract(data, base)
+        extra = {"transfer_base": base.identity, "features_cached": data.from_cache,
+                 "feature_seconds": round(seconds, 1)}
+    problem = make_problem(spec, data)
+    recovery = Recovery(spec.recovery)
+    study = open_study(spec, settings, recovery)
+    tracker = _start_tracking(spec, settings, study, problem, extra, tracking_uri, experiment)
     if tracker.created and settings.engine == "optuna":  # once, by the worker that made it
         enqueue_baselines(spec, study, settings.budget)
     recovery.tracker = tracker

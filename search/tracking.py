@@ -1,12 +1,18 @@
 """Everything medtune writes to MLflow, and the only module that touches it.
 
 Runs are driven through `MlflowClient` with explicit run ids (no active-run globals), so a study
-can keep one parent run across restarts and open one child run per trial:
+can keep one parent run across restarts and open one child run per trial. Two levels, never three:
 
-    <run `mlflow run` made, if any>
-      └─ <study>             parent: study settings, best value/params, trial counts
-           ├─ <study>-t0000  child: trial params, per-epoch metrics, curves, confusion matrix
-           └─ <study>-t0001
+    <study>             the study's run: settings, best value/params, trial counts, plots, data
+      ├─ <study>-t0000  a trial: params, per-epoch metrics, curves, system metrics, data
+      └─ <study>-t0001
+
+Under `mlflow run` (which sets `MLFLOW_RUN_ID`), the run `mlflow run` made is the study's run
+when the study is new. A later `mlflow run` that continues the study ends up as a thin pointer
+(`<study> continued`, a child of the study's run holding that command's parameters), so the study
+keeps one run with all its trials. `mlflow run`'s runs are recorded in the study (user attrs
+`mlflow_run:<run id>` = the process), so a run whose process was killed (and `mlflow run` with
+it) is ended KILLED, with the reason, the next time the study runs.
 """
 
 from __future__ import annotations
@@ -28,22 +34,105 @@ import matplotlib.pyplot as plt
 import mlflow
 import numpy as np
 import optuna
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import DatasetInput, Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from search import plots
+from search.devices import device_tag
+from search.holdout import TEST_ATTR
 from search.urls import mask_password
-from search.worker import resident_mb
+from search.worker import owner_alive, owner_id, resident_mb
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 PARENT_ATTR = "mlflow_parent_run_id"  # study user attr: the parent run survives restarts
+OUTER_ATTR = "mlflow_run:"  # study user attrs `mlflow_run:<run id>` = owner of `mlflow run`'s run
 MAX_TAG = 5000
 SETTLE_SECONDS = 1.0
+KIND_TAG = "mlflow.experimentKind"  # what MLflow 3's UI reads to open an experiment's page on
+KIND = "custom_model_development"  # training runs (rather than GenAI traces)
+SYSTEM_METRICS_INTERVAL = 1.0  # seconds between samples: a short trial still gets a few points
 
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
+
+
+def log_params(client: MlflowClient, run_id: str, params: Mapping[str, Any]) -> None:
+    """Log `params` into a run that may hold params already: `mlflow run` logs its entry
+    point's parameters as given (`storage=''`) before medtune resolves them, and MLflow refuses
+    to change a param's value. A key the run has keeps its value; where medtune's resolved value
+    differs, it goes under `resolved.<key>` (e.g. `resolved.storage = sqlite:///optuna.db`).
+    An empty default arrives shell-quoted, as `''`; it equals medtune's None."""
+    have = client.get_run(run_id).data.params
+    new: dict[str, str] = {}
+    for key, value in params.items():
+        text = str(value)
+        if key not in have:
+            new[key] = text
+        elif (have[key] != text and not (have[key] in ("", "''") and value is None)
+              and f"resolved.{key}" not in have):
+            new[f"resolved.{key}"] = text
+    items = [Param(k, v) for k, v in new.items()]
+    for start in range(0, len(items), 100):  # MLflow takes 100 params per batch
+        client.log_batch(run_id, params=items[start:start + 100])
+
+
+def experiment_id_for(client: MlflowClient, name: str) -> str:
+    """The experiment `name`, made if missing, marked as model training (see `mark_kind`)."""
+    found = client.get_experiment_by_name(name)
+    experiment_id = found.experiment_id if found else client.create_experiment(name)
+    mark_kind(client, experiment_id)
+    return experiment_id
+
+
+def mark_kind(client: MlflowClient, experiment_id: str) -> None:
+    """Tag the experiment `mlflow.experimentKind = custom_model_development` unless it has a
+    kind: MLflow 3's UI then opens it on its runs, not on GenAI traces."""
+    if KIND_TAG not in client.get_experiment(experiment_id).tags:
+        client.set_experiment_tag(experiment_id, KIND_TAG, KIND)
+
+
+@dataclass(frozen=True)
+class DataRecord:
+    """A data set as MLflow's dataset inputs show it (the runs table's Dataset column)."""
+
+    name: str  # e.g. "skin"
+    digest: str  # medtune's data fingerprint (its first 16 hex digits: MLflow keeps 36 chars)
+    source: str  # the folder or file the data came from
+    counts: Mapping[str, int]  # examples per split: train, validation (, test)
+    layout: str = ""
+
+    def input(self) -> DatasetInput:
+        from mlflow.entities import Dataset, InputTag
+
+        dataset = Dataset(
+            name=self.name, digest=self.digest[:16], source_type="local",
+            source=json.dumps({"uri": self.source}),
+            profile=json.dumps({"num_rows": sum(self.counts.values()), **self.counts}),
+        )
+        tags = [InputTag("mlflow.data.context", "training")]
+        tags += [InputTag(f"n_{split}", str(n)) for split, n in self.counts.items()]
+        if self.layout:
+            tags.append(InputTag("layout", self.layout))
+        return DatasetInput(dataset, tags)
+
+
+def _system_metrics(client: MlflowClient, run_id: str):
+    """MLflow's system metrics monitor (CPU, memory, disk, network; GPU where nvidia-ml-py
+    finds one) sampling into `run_id` every second; None without psutil."""
+    try:
+        import logging
+
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)  # no per-trial lines
+        monitor = SystemMetricsMonitor(run_id, sampling_interval=SYSTEM_METRICS_INTERVAL,
+                                       tracking_uri=client.tracking_uri)
+    except Exception:  # psutil missing, or no monitor can start: the trial runs without
+        return None
+    monitor.start()
+    return monitor
 
 
 class TrialRun:
@@ -86,6 +175,9 @@ class TrialRun:
     def log_text(self, text: str, path: str) -> None:
         self.client.log_text(self.run_id, text, path)
 
+    def log_data(self, data: DataRecord) -> None:
+        self.client.log_inputs(self.run_id, datasets=[data.input()])
+
     def resumed(self, history: Mapping[str, list[float]], epochs: int) -> None:
         """A retried trial continues from a checkpoint: its earlier epochs go first."""
         for epoch in range(epochs):
@@ -122,6 +214,8 @@ class StudyTracker:
         self.study_name = study_name
         self.parent_run_id = parent_run_id
         self.experiment_id = client.get_run(parent_run_id).info.experiment_id
+        self.data: DataRecord | None = None
+        self.chance: Mapping[str, float] = {}  # metric -> a constant guess's validation score
 
     @classmethod
     def open(
@@ -134,33 +228,39 @@ class StudyTracker:
         tracking_uri: str | None = None,
         shared: bool = False,
     ) -> StudyTracker:
-        """Reopen the study's parent run, or start it (nested under `mlflow run`'s run, if any).
-        `shared`: other workers may be starting this study right now (see `_settle_parent`)."""
+        """Reopen the study's run, or start it: `mlflow run`'s own run when started by it (see
+        the module's doc), else a new run in `experiment`. `shared`: other workers may be
+        starting this study right now (see `_settle_parent`)."""
         client = MlflowClient(tracking_uri or mlflow.get_tracking_uri())
         outer = os.environ.get("MLFLOW_RUN_ID")  # set by `mlflow run` for the project's command
+        end_dead_outer_runs(client, study, outer)
         parent = _existing_run(client, study.user_attrs.get(PARENT_ATTR))
         created = False
+        run_tags = {"medtune.study": study.study_name, "medtune.kind": "study", **tags}
+        pause = SETTLE_SECONDS if shared else 0.0
         if parent is not None:
             client.update_run(parent, status="RUNNING")
+        elif outer:  # the run `mlflow run` made becomes the study's run
+            experiment_id = client.get_run(outer).info.experiment_id
+            mark_kind(client, experiment_id)
+            client.update_run(outer, name=study.study_name)
+            client.log_batch(outer, tags=[RunTag(k, v) for k, v in run_tags.items()])
+            log_params(client, outer, settings)
+            parent = _settle_parent(client, study, outer, pause, delete=False)
+            created = parent == outer
         else:
-            if outer:
-                experiment_id = client.get_run(outer).info.experiment_id
-            else:
-                found = client.get_experiment_by_name(experiment)
-                experiment_id = found.experiment_id if found else client.create_experiment(
-                    experiment
-                )
-            run_tags = {"medtune.study": study.study_name, **tags}
-            if outer:
-                run_tags["mlflow.parentRunId"] = outer
             parent = client.create_run(
-                experiment_id, run_name=study.study_name, tags=run_tags
+                experiment_id_for(client, experiment), run_name=study.study_name, tags=run_tags
             ).info.run_id
-            client.log_batch(parent, params=[Param(k, str(v)) for k, v in settings.items()])
-            winner = _settle_parent(client, study, parent, SETTLE_SECONDS if shared else 0.0)
+            log_params(client, parent, settings)
+            winner = _settle_parent(client, study, parent, pause)
             created, parent = winner == parent, winner
         if outer:
-            client.set_tag(outer, "medtune.study_run_id", parent)
+            if outer != parent:  # a continuation (or another worker's `mlflow run` won)
+                _point_to(client, outer, parent, study.study_name, settings)
+            key = OUTER_ATTR + outer
+            if not study.user_attrs.get(key):  # the first process: `--workers` starts more
+                study.set_user_attr(key, owner_id())
         return cls(client, study.study_name, parent, created)
 
     def log_text(self, text: str, path: str) -> None:
@@ -174,7 +274,9 @@ class StudyTracker:
         tags = {
             "mlflow.parentRunId": self.parent_run_id,
             "medtune.study": self.study_name,
+            "medtune.kind": "trial",
             "medtune.trial_number": str(trial.number),
+            "medtune.device": device_tag(),
         }
         note = trial.user_attrs.get("baseline")
         if note:
@@ -182,37 +284,51 @@ class StudyTracker:
         name = f"{self.study_name}-t{trial.number:04d}"  # unique across studies and restarts
         run_id = self.client.create_run(self.experiment_id, run_name=name, tags=tags).info.run_id
         trial.set_user_attr("mlflow_run_id", run_id)
-        self.client.log_batch(
-            run_id, params=[Param(k, str(v)) for k, v in {**fixed, **params}.items()]
-        )
+        log_params(self.client, run_id, {**fixed, **params})
         run = TrialRun(self.client, run_id, name)
+        if self.data is not None:
+            run.log_data(self.data)
+        monitor = _system_metrics(self.client, run_id)
         started = time.monotonic()
-        status, end_tags = "FINISHED", {"medtune.state": "complete"}
+        status, state, end_tags = "FINISHED", "complete", {}
         try:
             yield run
-        except optuna.TrialPruned:
-            status = "KILLED"
-            end_tags = {"medtune.state": "pruned", "pruned_at_epoch": str(run.epochs)}
+        except optuna.TrialPruned as stop:  # by the pruner, or stuck (`search.stopping`)
+            stuck = "stopped_because" in trial.user_attrs
+            status, state = "KILLED", "stuck" if stuck else "pruned"
+            end_tags = {"pruned_at_epoch": str(run.epochs),
+                        "stopped_because": str(stop) or f"pruned at epoch {run.epochs}"}
             trial.set_user_attr("pruned_at_epoch", run.epochs)
             raise
         except BaseException as error:  # KeyboardInterrupt too: the run must not stay RUNNING
-            status = "FAILED"
-            reason = f"{type(error).__name__}: {error}"[:MAX_TAG]
-            end_tags = {"medtune.state": "failed", "error": reason}
+            interrupted = isinstance(error, KeyboardInterrupt)
+            status, state = ("KILLED", "interrupted") if interrupted else ("FAILED", "failed")
+            reason = mask_password(f"{type(error).__name__}: {error}")[:MAX_TAG]
+            end_tags = {"error": reason}
             trial.set_user_attr("fail_reason", reason)
             raise
         finally:
-            end_tags["epochs_run"] = str(run.epochs)
+            if monitor is not None:
+                monitor.finish()
+            # `trial.*` sort together in the runs table; `medtune.state` and the `epochs_run`
+            # tag are the names earlier versions wrote.
+            end_tags |= {"trial.state": state, "medtune.state": state,
+                         "epochs_run": str(run.epochs)}
             trial.set_user_attr("epochs_run", run.epochs)
             self._finish(run, status, end_tags, time.monotonic() - started)
+
+    def use_data(self, data: DataRecord) -> None:
+        """The study's data set: an input of the study's run and of each trial's run."""
+        self.data = data
+        self.client.log_inputs(self.parent_run_id, datasets=[data.input()])
 
     def _finish(self, run: TrialRun, status: str, tags: dict, seconds: float) -> None:
         try:
             if run.history:
-                figure = plots.learning_curves(run.history, title=run.name)
+                figure = plots.learning_curves(run.history, title=run.name, chance=self.chance)
                 run.log_figure(figure, "plots/learning_curves.png")
             mb = resident_mb()  # the worker's memory as the trial ends: it must stay bounded
-            run.log_metrics({"trial_seconds": seconds, "epochs_run": run.epochs,
+            run.log_metrics({"trial.seconds": seconds, "trial.epochs_run": run.epochs,
                              **({"worker_rss_mb": round(mb, 1)} if mb else {})})
         finally:
             self.client.log_batch(run.run_id, tags=[RunTag(k, v) for k, v in tags.items()])
@@ -223,8 +339,8 @@ class StudyTracker:
         if not run_id or self.client.get_run(run_id).info.status != "RUNNING":
             return
         self.client.log_batch(run_id, tags=[
-            RunTag("medtune.state", "failed"), RunTag("error", reason[:MAX_TAG]),
-            RunTag("epochs_run", str(epochs))])
+            RunTag("trial.state", "failed"), RunTag("medtune.state", "failed"),
+            RunTag("error", reason[:MAX_TAG]), RunTag("epochs_run", str(epochs))])
         self.client.set_terminated(run_id, "FAILED")
 
     def summarize(self, study: optuna.Study) -> None:
@@ -244,6 +360,10 @@ class StudyTracker:
             tags = {"best_trial": str(best.number),
                     "best_run_id": best.user_attrs.get("mlflow_run_id", "")}
             tags |= {f"best.{k}": str(v) for k, v in best.params.items()}
+            test = study.user_attrs.get(TEST_ATTR)
+            if test and test["trial"] == best.number:  # the test split, judged once at the end
+                metrics |= {k: v for k, v in test.items() if k.startswith("test_")}
+                tags["test_trial"] = str(test["trial"])
             self.client.log_dict(
                 self.parent_run_id,
                 {"trial": best.number, "value": best.value, "params": best.params},
@@ -269,18 +389,70 @@ class StudyTracker:
         self.client.set_terminated(self.parent_run_id, status)
 
     def ui_hint(self) -> str:
-        return f"mlflow ui --backend-store-uri {mask_password(self.tracking_uri)}"
+        """How to open the study in MLflow's UI, on its runs ("Model training" view: MLflow
+        3.17's UI opens an experiment as GenAI unless the link says otherwise)."""
+        page = f"#/experiments/{self.experiment_id}?workflowType=machine_learning"
+        if self.tracking_uri.startswith(("http://", "https://")):
+            return f"{mask_password(self.tracking_uri).rstrip('/')}/{page}"
+        return (f"mlflow ui --backend-store-uri {mask_password(self.tracking_uri)}, then "
+                f"http://127.0.0.1:5000/{page}")
 
 
-def _settle_parent(client: MlflowClient, study: optuna.Study, mine: str, pause: float) -> str:
+def _settle_parent(client: MlflowClient, study: optuna.Study, mine: str, pause: float,
+                   delete: bool = True) -> str:
     """Workers that start a new study together each make a parent run: the last to record its
-    run wins, after a pause that lets the others' writes land; the rest delete theirs."""
+    run wins, after a pause that lets the others' writes land; the rest delete theirs (a run
+    `mlflow run` made is kept: it becomes a pointer to the winner)."""
     study.set_user_attr(PARENT_ATTR, mine)
     time.sleep(pause)
     winner = study.user_attrs[PARENT_ATTR]  # read from the storage, not a cache
-    if winner != mine:
+    if winner != mine and delete:
         client.delete_run(mine)
     return winner
+
+
+def _point_to(client: MlflowClient, outer: str, study_run: str, study_name: str,
+              settings: Mapping[str, Any]) -> None:
+    """`mlflow run`'s run of a command that continues a study with a run of its own: a thin
+    child of the study's run, holding the command's parameters and saying where the trials
+    are, so the study keeps one run with all its trials."""
+    mark_kind(client, client.get_run(outer).info.experiment_id)
+    client.update_run(outer, name=f"{study_name} continued")
+    log_params(client, outer, settings)
+    client.log_batch(outer, tags=[RunTag(k, v) for k, v in {
+        "mlflow.parentRunId": study_run,
+        "medtune.kind": "continuation",
+        "medtune.study": study_name,
+        "medtune.study_run_id": study_run,
+        "mlflow.note.content": (
+            f"This `mlflow run` continued the study {study_name}. Its trials are logged as "
+            f"children of the study's run {study_run}, with the study's plots and tables."),
+    }.items()])
+
+
+def end_dead_outer_runs(client: MlflowClient, study: optuna.Study, current: str | None) -> None:
+    """End KILLED the runs that `mlflow run` made for this study's commands whose process died
+    (kill -9 takes `mlflow run` with it, so nobody ends its run): found through the study's
+    `mlflow_run:<run id>` attrs, on this host (another host's processes cannot be checked)."""
+    for key, owner in study.user_attrs.items():
+        if not key.startswith(OUTER_ATTR) or not owner:
+            continue
+        run_id = key.removeprefix(OUTER_ATTR)
+        if run_id == current or owner_alive(owner) is not False:
+            continue
+        try:
+            run = client.get_run(run_id)
+        except MlflowException:
+            run = None  # the tracking store was reset
+        if (run is not None and run.info.status == "RUNNING"
+                and run_id != study.user_attrs.get(PARENT_ATTR)):  # the study's run reopens
+            reason = (f"the process of this `mlflow run` ({owner}) died without ending its run "
+                      f"(killed, e.g. kill -9, or out of memory); ended when study "
+                      f"{study.study_name} next ran, by {owner_id()}")
+            client.log_batch(run_id, tags=[RunTag("medtune.killed_reason", reason),
+                                           RunTag("error", reason)])
+            client.set_terminated(run_id, "KILLED")
+        study.set_user_attr(key, None)  # settled
 
 
 def _existing_run(client: MlflowClient, run_id: str | None) -> str | None:
@@ -314,23 +486,26 @@ def load_registered_model(uri: str, tracking_uri: str | None = None) -> keras.Mo
 def _own_run(
     client: MlflowClient, name: str, experiment: str, tags: Mapping[str, str]
 ) -> tuple[str, bool]:
-    """`mlflow run`'s own run when started by it, else a new run; and whether it is new."""
+    """`mlflow run`'s own run when started by it (renamed `name`), else a new run in
+    `experiment`; and whether it is new. Log params into it with `log_params`."""
     run_id = os.environ.get("MLFLOW_RUN_ID")
     if run_id:
+        mark_kind(client, client.get_run(run_id).info.experiment_id)
+        client.update_run(run_id, name=name)
         client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
         return run_id, False
-    found = client.get_experiment_by_name(experiment)
-    experiment_id = found.experiment_id if found else client.create_experiment(experiment)
+    experiment_id = experiment_id_for(client, experiment)
     return client.create_run(experiment_id, run_name=name, tags=dict(tags)).info.run_id, True
 
 
 def log_comparison(
     name: str, files: Mapping[str, str], figure: plt.Figure, *, experiment: str = "medtune",
-    tracking_uri: str | None = None,
+    tracking_uri: str | None = None, params: Mapping[str, Any] | None = None,
 ) -> str:
     """A run holding a comparison's tables and plot: `mlflow run`'s own run, or a new one."""
     client = MlflowClient(tracking_uri or mlflow.get_tracking_uri())
     run_id, own = _own_run(client, name, experiment, {"medtune.kind": "compare"})
+    log_params(client, run_id, params or {})
     for path, text in files.items():
         client.log_text(run_id, text, path)
     client.log_figure(run_id, figure, "best_trials.png")
@@ -349,7 +524,7 @@ def export_run(
     export ends FAILED with the reason in the `error` tag."""
     client = MlflowClient(tracking_uri or mlflow.get_tracking_uri())
     run_id, own = _own_run(client, name, experiment, {"medtune.kind": "export", **tags})
-    client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()])
+    log_params(client, run_id, params)
     run = TrialRun(client, run_id, name)
     try:
         yield run

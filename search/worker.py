@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gc
 import os
+import socket
 import sys
 import time
 from pathlib import Path
@@ -39,6 +40,36 @@ class FreezeSurvivors:
         else:
             gc.collect(1)  # young garbage is not frozen
         gc.freeze()
+
+
+def _started(pid: int) -> str | None:
+    """The process's start time in clock ticks (Linux), which tells a reused pid apart."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def owner_id(pid: int | None = None) -> str:
+    pid = pid or os.getpid()
+    return f"{socket.gethostname()}:{pid}:{_started(pid) or ''}"
+
+
+def owner_alive(owner: str) -> bool | None:
+    """False when the owner ran on this host and is gone; None when this host cannot tell."""
+    host, pid, started = owner.rsplit(":", 2)
+    if host != socket.gethostname():
+        return None  # another machine's worker: the heartbeat decides
+    if not Path("/proc").is_dir():  # not Linux: ask the kernel about the pid alone
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+    return _started(int(pid)) == started and started != ""
 
 
 def resident_mb() -> float | None:

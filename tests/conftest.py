@@ -83,11 +83,16 @@ def tune(workdir, *args: str) -> int:
     ])
 
 
-def runs(workdir, experiment="medtune"):
+def runs(workdir, experiment=None):
+    """The runs of one experiment (default: of all; each task logs into its own experiment):
+    the client, the runs that are not trials (studies, exports, comparisons; not the pointer
+    runs of continuations) and the trials' runs, each sorted by name."""
     client = MlflowClient(f"sqlite:///{workdir}/mlflow.db")
-    experiment_id = client.get_experiment_by_name(experiment).experiment_id
-    all_runs = client.search_runs([experiment_id], order_by=["attributes.run_name"])
-    parents = [r for r in all_runs if "medtune.trial_number" not in r.data.tags]
+    ids = ([client.get_experiment_by_name(experiment).experiment_id] if experiment
+           else [e.experiment_id for e in client.search_experiments()])
+    all_runs = client.search_runs(ids, order_by=["attributes.run_name"])
+    parents = [r for r in all_runs if "medtune.trial_number" not in r.data.tags
+               and r.data.tags.get("medtune.kind") != "continuation"]
     children = [r for r in all_runs if "medtune.trial_number" in r.data.tags]
     return client, parents, children
 

@@ -12,7 +12,7 @@ import pytest
 from conftest import TS
 from mlflow.tracking import MlflowClient
 
-from search.recovery import owner_alive, owner_id
+from search.worker import owner_alive, owner_id
 
 COUNTED = (TS.COMPLETE, TS.PRUNED)
 REPO = Path(__file__).resolve().parents[1]
@@ -203,7 +203,7 @@ def check_shared_study(storage: str, tracking: str, *, n_trials: int, workers: i
     owners = {t.user_attrs["owner"].rsplit(":", 1)[0] for t in finished}
     assert len(owners) == workers  # both processes ran trials
     client = MlflowClient(tracking)
-    experiment = client.get_experiment_by_name("medtune").experiment_id
+    experiment = client.get_experiment_by_name("lenet_recover").experiment_id
     every = client.search_runs([experiment])
     parents = [r for r in every if "medtune.trial_number" not in r.data.tags]
     children = [r for r in every if "medtune.trial_number" in r.data.tags]
@@ -231,7 +231,7 @@ def test_two_machines_share_postgresql_and_an_mlflow_server(tmp_path, skin_data,
         assert postgres_url.password not in output  # the storage URL is printed masked
     check_shared_study(storage, mlflow_server, n_trials=8, workers=2)
     run = MlflowClient(mlflow_server).search_runs(
-        [MlflowClient(mlflow_server).get_experiment_by_name("medtune").experiment_id],
+        [MlflowClient(mlflow_server).get_experiment_by_name("lenet_recover").experiment_id],
         "tags.`medtune.trial_number` = '0'")[0]
     assert run.data.params["learning_rate"]
     parent = MlflowClient(mlflow_server).get_run(run.data.tags["mlflow.parentRunId"])
@@ -258,7 +258,7 @@ def test_resident_memory_stays_bounded_over_30_trials(tmp_path):
                           text=True, timeout=500)
     assert done.returncode == 0, done.stderr[-3000:]
     client = MlflowClient(tracking)
-    experiment = client.get_experiment_by_name("medtune").experiment_id
+    experiment = client.get_experiment_by_name("lenet_recover").experiment_id
     rss = {int(r.data.tags["medtune.trial_number"]): r.data.metrics["worker_rss_mb"]
            for r in client.search_runs([experiment]) if "medtune.trial_number" in r.data.tags}
     assert sorted(rss) == list(range(30))

@@ -1,0 +1,160 @@
+"""What the MLflow UI shows of a study: two levels of runs (under `mlflow run` too), a named
+experiment of the right kind, dataset inputs, system metrics, `trial.*` columns, and runs of
+`mlflow run` whose process died ended KILLED. `mlflow run` is simulated by a pre-made run with
+its parameters as `mlflow run` logs them (empty defaults as ''), and `MLFLOW_RUN_ID` set."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+from conftest import tune
+from mlflow.tracking import MlflowClient
+
+from search.cli import main
+from search.tracking import KIND, KIND_TAG, OUTER_ATTR, log_params
+from search.worker import owner_id
+
+
+def project_run(client: MlflowClient, experiment: str, entry_point: str, **params: str) -> str:
+    """A run as `mlflow run` makes it before starting the entry point's command (an empty
+    value is logged shell-quoted, as `''`)."""
+    found = client.get_experiment_by_name(experiment)
+    experiment_id = found.experiment_id if found else client.create_experiment(experiment)
+    run_id = client.create_run(experiment_id, tags={
+        "mlflow.project.entryPoint": entry_point, "mlflow.source.type": "PROJECT"}).info.run_id
+    for key, value in params.items():
+        client.log_param(run_id, key, value or "''")
+    return run_id
+
+
+TUNE_PARAMS = {"task": "lenet_skin", "budget": "quick", "n_trials": "", "storage": "",
+               "epochs": "", "image_size": "", "seed": "0", "engine": "optuna", "study": ""}
+
+
+def test_log_params_keeps_mlflow_runs_values_and_records_resolved_ones(workdir):
+    client = MlflowClient(f"sqlite:///{workdir}/mlflow.db")
+    run_id = project_run(client, "x", "export", study="s", storage="", tolerance="", name="")
+    log_params(client, run_id, {"study": "s", "storage": "sqlite:///optuna.db",
+                                "tolerance": 0.02, "name": None, "trial": 3})
+    log_params(client, run_id, {"storage": "sqlite:///other.db"})  # again: no error
+    assert client.get_run(run_id).data.params == {
+        "study": "s", "storage": "''", "tolerance": "''", "name": "''", "trial": "3",
+        "resolved.storage": "sqlite:///optuna.db", "resolved.tolerance": "0.02"}
+
+
+def test_under_mlflow_run_its_run_is_the_study_run_two_levels_and_dead_runs_end_killed(
+        workdir, tiny_skin, monkeypatch):
+    client = MlflowClient(f"sqlite:///{workdir}/mlflow.db")
+    first = project_run(client, "labs", "tune", **TUNE_PARAMS)
+    monkeypatch.setenv("MLFLOW_RUN_ID", first)
+    args = ["--task", "lenet_skin", "--data-dir", str(tiny_skin), "--epochs", "1"]
+    assert tune(workdir, *args, "--n-trials", "1") == 0
+
+    experiment = client.get_experiment_by_name("labs")
+    assert experiment.tags[KIND_TAG] == KIND == "custom_model_development"
+    study_run = client.get_run(first)
+    assert study_run.info.run_name == "lenet_skin"
+    assert study_run.data.tags["medtune.kind"] == "study"
+    assert "mlflow.parentRunId" not in study_run.data.tags
+    params = study_run.data.params
+    assert params["storage"] == "''" and params["resolved.storage"] == f"sqlite:///{workdir}/optuna.db"
+    assert params["n_trials"] == "''" and params["resolved.n_trials"] == "1"
+    assert params["model"] == "lenet" and "resolved.seed" not in params  # same value: kept
+    assert {"trials.csv", "manifest.json"} <= {a.path for a in client.list_artifacts(first)}
+    (dataset,) = study_run.inputs.dataset_inputs
+    assert dataset.dataset.name == "skin" and len(dataset.dataset.digest) == 16
+    manifest = client.download_artifacts(first, "manifest.json", str(workdir))
+    assert json.loads(Path(manifest).read_text())["data"]["fingerprint"].startswith(
+        dataset.dataset.digest)
+
+    # Continued under a new `mlflow run`: one study run keeps all trials; the new run points.
+    second = project_run(client, "labs", "tune", **TUNE_PARAMS)
+    monkeypatch.setenv("MLFLOW_RUN_ID", second)
+    assert tune(workdir, *args, "--n-trials", "2") == 0
+    every = {r.info.run_id: r for r in client.search_runs([experiment.experiment_id])}
+    trials = [r for r in every.values() if r.data.tags.get("medtune.kind") == "trial"]
+    assert len(trials) == 2 and {r.data.tags["mlflow.parentRunId"] for r in trials} == {first}
+    pointer = every[second]
+    assert pointer.info.run_name == "lenet_skin continued"
+    assert pointer.data.tags["medtune.kind"] == "continuation"
+    assert pointer.data.tags["mlflow.parentRunId"] == first
+    assert pointer.data.tags["medtune.study_run_id"] == first
+    for run in every.values():  # two levels, never three
+        parent = run.data.tags.get("mlflow.parentRunId")
+        assert parent is None or "mlflow.parentRunId" not in every[parent].data.tags
+
+    # What each trial's run shows: the data set, system metrics, `trial.*` columns.
+    for trial in trials:
+        (dataset_input,) = trial.inputs.dataset_inputs
+        assert dataset_input.dataset.digest == dataset.dataset.digest
+        tags = {t.key: t.value for t in dataset_input.tags}
+        assert tags["mlflow.data.context"] == "training"
+        assert tags["n_train"] == "24" and tags["n_validation"] == "12"
+        metrics = trial.data.metrics
+        assert {"trial.objective", "trial.best_epoch", "trial.epochs_run",
+                "trial.seconds"} <= set(metrics)
+        assert metrics["trial.epochs_run"] == 1 and trial.data.tags["trial.state"] == "complete"
+        assert any(k.startswith("system/cpu_utilization") for k in metrics), sorted(metrics)
+        assert any(k.startswith("system/system_memory_usage") for k in metrics)
+
+    # A third `mlflow run` whose process died (kill -9 takes `mlflow run` with it): its run
+    # stays RUNNING until the study next runs, which ends it KILLED with the reason.
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    third = project_run(client, "labs", "tune", **TUNE_PARAMS)
+    study = optuna.load_study(study_name="lenet_skin", storage=f"sqlite:///{workdir}/optuna.db")
+    study.set_user_attr(OUTER_ATTR + third, owner_id(dead.pid))
+    monkeypatch.delenv("MLFLOW_RUN_ID")
+    assert tune(workdir, *args, "--n-trials", "2") == 0  # nothing to train; the check runs
+    killed = client.get_run(third)
+    assert killed.info.status == "KILLED"
+    assert "died without ending its run" in killed.data.tags["medtune.killed_reason"]
+    assert study.user_attrs[OUTER_ATTR + third] is None  # settled
+    assert client.get_run(first).info.status == "FINISHED"  # the study's run: reopened, ended
+
+    # `mlflow run . -e export` logs into its own run, which holds storage='' and tolerance=''.
+    fourth = project_run(client, "labs", "export", study="lenet_skin", storage="", name="",
+                         tolerance="")
+    monkeypatch.setenv("MLFLOW_RUN_ID", fourth)
+    assert main(["export", "--study", "lenet_skin", "--storage", "",
+                 "--tracking-uri", f"sqlite:///{workdir}/mlflow.db", "--tolerance", ""]) == 0
+    export = client.get_run(fourth)
+    assert export.info.run_name == "export lenet_skin"
+    assert export.data.params["tolerance"] == "''" and export.data.params[
+        "resolved.tolerance"] == "0.02"
+    assert export.data.params["resolved.storage"] == "sqlite:///optuna.db"
+    (version,) = client.search_model_versions("name = 'lenet_skin'")
+    assert version.run_id == fourth
+    assert export.inputs.dataset_inputs[0].dataset.name == "skin"
+
+    # `mlflow run . -e compare` too: its run keeps `storage=''` and gets the resolved value.
+    fifth = project_run(client, "labs", "compare", studies="lenet_skin", storage="", top="3")
+    monkeypatch.setenv("MLFLOW_RUN_ID", fifth)
+    assert main(["compare", "--studies", "lenet_skin", "--storage", "", "--top", "3",
+                 "--tracking-uri", f"sqlite:///{workdir}/mlflow.db"]) == 0
+    compare = client.get_run(fifth)
+    assert compare.info.run_name == "compare lenet_skin"
+    assert compare.data.params["resolved.storage"] == "sqlite:///optuna.db"
+    assert {"best_trials.md", "best_trials.csv"} <= {a.path for a in client.list_artifacts(fifth)}
+
+
+def test_outside_mlflow_run_a_study_logs_into_the_tasks_experiment(workdir, tiny_skin):
+    assert tune(workdir, "--task", "mlp_skin", "--n-trials", "1", "--epochs", "1",
+                "--data-dir", str(tiny_skin)) == 0
+    client = MlflowClient(f"sqlite:///{workdir}/mlflow.db")
+    experiment = client.get_experiment_by_name("mlp_skin")
+    assert experiment.tags[KIND_TAG] == "custom_model_development"
+    runs = client.search_runs([experiment.experiment_id])
+    assert sorted(r.data.tags["medtune.kind"] for r in runs) == ["study", "trial"]
+    assert client.get_experiment_by_name("medtune") is None
+    assert tune(workdir, "--task", "mlp_skin", "--n-trials", "1", "--epochs", "1",
+                "--data-dir", str(tiny_skin), "--experiment", "mine", "--study", "b") == 0
+    assert client.get_experiment_by_name("mine").tags[KIND_TAG] == "custom_model_development"
+
+
+@pytest.fixture(autouse=True)
+def _no_project_run(monkeypatch):
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
