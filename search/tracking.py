@@ -22,6 +22,7 @@ import json
 import os
 import tempfile
 import time
+import warnings
 from collections import defaultdict
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -118,6 +119,20 @@ class DataRecord:
         return DatasetInput(dataset, tags)
 
 
+def log_data(client: MlflowClient, run_id: str, data: DataRecord) -> None:
+    """`data` as an input of the run. Workers starting together may both add the data set to
+    the experiment (MLflow looks, then inserts): the loser's retry finds the winner's row."""
+    for attempt in range(3):
+        try:
+            client.log_inputs(run_id, datasets=[data.input()])
+            return
+        except MlflowException as error:
+            if attempt == 2:
+                warnings.warn(f"data set not recorded in run {run_id}: {error.message}",
+                              stacklevel=2)
+            time.sleep(0.5 + attempt)
+
+
 def _system_metrics(client: MlflowClient, run_id: str):
     """MLflow's system metrics monitor (CPU, memory, disk, network; GPU where nvidia-ml-py
     finds one) sampling into `run_id` every second; None without psutil."""
@@ -176,7 +191,7 @@ class TrialRun:
         self.client.log_text(self.run_id, text, path)
 
     def log_data(self, data: DataRecord) -> None:
-        self.client.log_inputs(self.run_id, datasets=[data.input()])
+        log_data(self.client, self.run_id, data)
 
     def resumed(self, history: Mapping[str, list[float]], epochs: int) -> None:
         """A retried trial continues from a checkpoint: its earlier epochs go first."""
@@ -320,7 +335,7 @@ class StudyTracker:
     def use_data(self, data: DataRecord) -> None:
         """The study's data set: an input of the study's run and of each trial's run."""
         self.data = data
-        self.client.log_inputs(self.parent_run_id, datasets=[data.input()])
+        log_data(self.client, self.parent_run_id, data)
 
     def _finish(self, run: TrialRun, status: str, tags: dict, seconds: float) -> None:
         try:
