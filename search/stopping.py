@@ -2,8 +2,10 @@
 
 - stuck: after `stuck_after_epochs` epochs its objective has never beaten chance (the
   majority-class rate for accuracy, 0.5 for AUC and balanced accuracy, the dice of an
-  all-foreground mask), or its training loss has not fallen below the first epoch's. A constant
-  predictor (a dead network, a learning rate too small to move) looks exactly like that. The
+  all-foreground mask) and nothing says it is learning: its validation AUC is still 0.5 (every
+  image gets the same score: a dead network), or its training loss has not fallen (a learning
+  rate too small to move). A slow starter whose scores already rank the classes and whose loss
+  falls is left to learn. The
   trial ends pruned with `stopped_because`, and its epochs go to other trials.
 - diverged: its training loss grew past `diverged_loss_factor` times the first epoch's while
   staying finite (a learning rate of 1e3 gives losses of 1e29 and predictions at chance). The
@@ -18,6 +20,9 @@ import keras
 
 from search.training import TrialFailed
 
+NO_SIGNAL_AUC = 0.02  # a validation AUC within this of 0.5: the scores do not rank the classes
+LOSS_DROP = 0.01  # a training loss that fell less than this fraction has not fallen
+
 
 class StuckOrDiverged(keras.callbacks.Callback):
     def __init__(self, monitor: str, chance: float | None, settings: Mapping):
@@ -27,12 +32,15 @@ class StuckOrDiverged(keras.callbacks.Callback):
         self.factor = settings["diverged_loss_factor"]
         self.values: list[float] = []
         self.losses: list[float] = []
+        self.aucs: list[float] = []
         self.reason: str | None = None  # why the trial is stuck, once it is
 
     def on_epoch_end(self, epoch: int, logs: Mapping[str, float] | None = None) -> None:
         logs = logs or {}
         if self.monitor in logs:
             self.values.append(float(logs[self.monitor]))
+        if "val_auc" in logs:
+            self.aucs.append(float(logs["val_auc"]))
         if "loss" in logs:
             self.losses.append(float(logs["loss"]))
         if self.losses and self.losses[-1] > self.factor * max(self.losses[0], 1e-3):
@@ -46,11 +54,15 @@ class StuckOrDiverged(keras.callbacks.Callback):
                 self.model.stop_training = True
 
     def _stuck(self, epochs: int) -> str | None:
-        best = max(self.values, default=None)
-        if best is not None and self.chance is not None and best <= self.chance + 1e-6:
-            return (f"stuck: {self.monitor} {best:.4f} after {epochs} epochs, never above "
-                    f"chance ({self.chance:.4f}): the predictions are constant")
-        if len(self.losses) > 1 and min(self.losses[1:]) >= self.losses[0]:
-            return (f"stuck: the training loss has not fallen in {epochs} epochs "
-                    f"({self.losses[0]:.4g} -> {self.losses[-1]:.4g})")
-        return None
+        best = max(self.values)
+        if self.chance is None or best > self.chance + 1e-6:
+            return None
+        if self.aucs and max(abs(a - 0.5) for a in self.aucs) <= NO_SIGNAL_AUC:
+            signal = f"validation AUC {self.aucs[-1]:.3f}: the predictions are constant"
+        elif min(self.losses[1:], default=self.losses[0]) >= self.losses[0] * (1 - LOSS_DROP):
+            signal = (f"the training loss has not fallen ({self.losses[0]:.4g} -> "
+                      f"{self.losses[-1]:.4g})")
+        else:
+            return None  # a slow starter: its scores rank the classes, or its loss falls
+        return (f"stuck: {self.monitor} {best:.4f} after {epochs} epochs, never above chance "
+                f"({self.chance:.4f}); {signal}")

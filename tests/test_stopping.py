@@ -14,38 +14,50 @@ class FakeModel:
 
 
 def feed(callback, epochs):
+    """Epochs of (loss, val_accuracy, val_auc); val_auc None: a task without AUC."""
     if callback.model is None:
         callback.set_model(FakeModel())
-    for loss, value in epochs:
-        callback.on_epoch_end(len(callback.losses), {"loss": loss, "val_accuracy": value})
+    for loss, value, auc in epochs:
+        logs = {"loss": loss, "val_accuracy": value, **({"val_auc": auc} if auc else {})}
+        callback.on_epoch_end(len(callback.losses), logs)
     return callback
 
 
 def test_a_constant_predictor_is_stuck_after_the_warm_up():
     watch = StuckOrDiverged("val_accuracy", 0.55, SETTINGS)
-    feed(watch, [(0.69, 0.55), (0.68, 0.55)])
+    feed(watch, [(0.69, 0.55, 0.5), (0.69, 0.55, 0.5)])
     assert watch.reason is None  # still warming up
-    feed(watch, [(0.67, 0.55)])
-    assert watch.reason.startswith("stuck: val_accuracy 0.5500 after 3 epochs, never above "
-                                   "chance (0.5500)")
+    feed(watch, [(0.69, 0.55, 0.5)])
+    assert watch.reason == ("stuck: val_accuracy 0.5500 after 3 epochs, never above chance "
+                            "(0.5500); validation AUC 0.500: the predictions are constant")
     assert watch.model.stop_training
 
 
-def test_a_loss_that_does_not_fall_is_stuck():
+def test_a_slow_starter_whose_scores_rank_the_classes_is_left_alone():
+    """At chance by accuracy for its first epochs (all scores below 0.5), but ranking."""
     watch = feed(StuckOrDiverged("val_accuracy", 0.5, SETTINGS),
-                 [(0.60, 0.7), (0.61, 0.7), (0.65, 0.7)])
-    assert "training loss has not fallen in 3 epochs" in watch.reason
+                 [(0.69, 0.5, 0.55), (0.68, 0.5, 0.7), (0.66, 0.5, 0.8), (0.6, 0.7, 0.85)])
+    assert watch.reason is None and not watch.model.stop_training
+
+
+def test_a_loss_that_does_not_fall_is_stuck_and_a_falling_one_is_not():
+    flat = feed(StuckOrDiverged("val_accuracy", 0.5, SETTINGS),  # random scores, no learning
+                [(0.60, 0.5, 0.6), (0.601, 0.5, 0.6), (0.599, 0.5, 0.6)])
+    assert "the training loss has not fallen (0.6 -> 0.599)" in flat.reason
+    falling = feed(StuckOrDiverged("val_accuracy", 0.5, SETTINGS),
+                   [(0.60, 0.5, None), (0.55, 0.5, None), (0.5, 0.5, None)])
+    assert falling.reason is None
 
 
 def test_a_learning_trial_is_left_alone():
     watch = feed(StuckOrDiverged("val_accuracy", 0.55, SETTINGS),
-                 [(0.69, 0.55), (0.60, 0.58), (0.55, 0.55), (0.5, 0.9)])
+                 [(0.69, 0.55, 0.5), (0.60, 0.58, 0.6), (0.55, 0.55, 0.6), (0.5, 0.9, 0.9)])
     assert watch.reason is None and not watch.model.stop_training
 
 
 def test_a_finite_but_exploding_loss_fails_the_trial():
     with pytest.raises(TrialFailed, match=r"training diverged: loss 1e\+29 at epoch 2"):
-        feed(StuckOrDiverged("val_accuracy", 0.5, SETTINGS), [(0.7, 0.5), (1e29, 0.5)])
+        feed(StuckOrDiverged("val_accuracy", 0.5, SETTINGS), [(0.7, 0.5, 0.5), (1e29, 0.5, 0.5)])
 
 
 def test_a_stuck_trial_ends_pruned_with_the_reason_in_mlflow(workdir, tiny_skin):
