@@ -77,3 +77,5 @@ def test_a_stuck_trial_ends_pruned_with_the_reason_in_mlflow(workdir, tiny_skin)
     _, _, (child,) = runs(workdir)
     assert child.info.status == "KILLED"
     assert child.data.tags["stopped_because"].startswith("stuck: ")
+    assert child.data.tags["trial.state"] == "stuck"
+    assert child.data.tags["medtune.device"] == "CPU"  # this machine has no GPU
