@@ -332,6 +332,15 @@ def synthetic_skin(root: Path, *, n_train: int, n_val: int, size: int, seed: int
     return dest.parents[1]  # <root>/<set folder>, which holds Lab2/Skin
 
 
+def chosen_budget(args: argparse.Namespace, budgets: dict[str, dict[str, Any]],
+                  keys: tuple[str, ...]) -> dict[str, Any]:
+    """The mode's budget (`--smoke`, `--quick` or full), with the options in `keys` the user gave
+    (an option left out, None, keeps the mode's value)."""
+    budget = dict(budgets[args.mode])
+    budget |= {key: getattr(args, key) for key in keys if getattr(args, key) is not None}
+    return budget
+
+
 @contextlib.contextmanager
 def scoped_env(**values: str) -> Iterator[None]:
     """Set environment variables for a block (e.g. medtune's checkpoint folder into a temporary

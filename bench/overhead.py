@@ -218,10 +218,7 @@ def run(args: argparse.Namespace) -> common.Result:
     from search.spec import load_spec
 
     common.quiet_libraries()
-    budget = dict(BUDGETS[args.mode])
-    for key in ("pairs", "epochs", "image_size"):
-        if getattr(args, key) is not None:
-            budget[key] = getattr(args, key)
+    budget = common.chosen_budget(args, BUDGETS, ("pairs", "epochs", "image_size"))
     if args.tasks:
         budget["tasks"] = [t.strip() for t in args.tasks.split(",") if t.strip()]
     data_dir = args.data_dir

@@ -367,10 +367,7 @@ def run(args: argparse.Namespace) -> common.Result:
     from search.spec import load_spec
 
     common.quiet_libraries()
-    budget = dict(BUDGETS[args.mode])
-    for key in ("seeds", "budget", "epochs", "image_size"):
-        if getattr(args, key) is not None:
-            budget[key] = getattr(args, key)
+    budget = common.chosen_budget(args, BUDGETS, ("seeds", "budget", "epochs", "image_size"))
     spec = load_spec(args.task)
     budget["epochs"] = budget["epochs"] or spec.budget["lab"]["epochs"]  # the lab's, per trial
     if args.data:

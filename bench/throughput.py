@@ -155,10 +155,7 @@ def run(args: argparse.Namespace) -> common.Result:
     from search.settings import resolve_settings
 
     common.quiet_libraries()
-    budget = dict(BUDGETS[args.mode])
-    for key in ("image_size", "n_train", "epochs", "pairs"):
-        if getattr(args, key) is not None:
-            budget[key] = getattr(args, key)
+    budget = common.chosen_budget(args, BUDGETS, ("image_size", "n_train", "epochs", "pairs"))
     size, epochs = budget["image_size"], budget["epochs"]
     data_dir = str(common.synthetic_skin(args.work_dir / "data", n_train=budget["n_train"],
                                          n_val=budget["n_val"], size=size, seed=1))
