@@ -14,11 +14,13 @@ from keras import ops
 BINARY_LOSSES = ("bce", "hinge")
 
 
+@keras.saving.register_keras_serializable(package="medtune")
 def sign_accuracy(y_true, y_pred):
     """Fraction of samples whose predicted margin has the sign of its -1/+1 target."""
     return ops.cast(ops.equal(y_true > 0, y_pred > 0), "float32")
 
 
+@keras.saving.register_keras_serializable(package="medtune")
 class BalancedAccuracy(keras.metrics.Metric):
     """Mean recall over classes: 0.5 for any constant prediction on two classes, however
     unbalanced the data, so it moves as soon as a model tells classes apart. `encoding` says
@@ -55,11 +57,13 @@ class BalancedAccuracy(keras.metrics.Metric):
         return {**super().get_config(), "n_classes": self.n_classes, "encoding": self.encoding}
 
 
+@keras.saving.register_keras_serializable(package="medtune")
 class MarginAUC(keras.metrics.AUC):
     """ROC AUC of a hinge model: -1/+1 targets, linear margins (a sigmoid keeps the order)."""
 
     def __init__(self, name="auc", **kwargs):
-        super().__init__(name=name, from_logits=True, **kwargs)
+        kwargs["from_logits"] = True  # (also in a saved config: the margins are logits)
+        super().__init__(name=name, **kwargs)
 
     def update_state(self, y_true, y_pred, sample_weight=None):
         super().update_state(ops.cast(y_true > 0, "float32"), y_pred, sample_weight)

@@ -28,7 +28,7 @@ def readme_commands() -> list[str]:
 
 def test_the_readme_lists_each_entry_point():
     entry_points = {shlex.split(c)[4] for c in readme_commands()}
-    assert entry_points == {"tune", "tasks", "compare", "export"}
+    assert entry_points == {"tune", "tasks", "compare", "export", "dashboard"}
 
 
 def test_every_readme_mlflow_run_command_works_as_written(tmp_path, tiny_course):
@@ -41,6 +41,9 @@ def test_every_readme_mlflow_run_command_works_as_written(tmp_path, tiny_course)
         argv = shlex.split(command)
         if argv[4] == "tune":
             argv += [*TINY, "-P", f"data_dir={tiny_course}"]
+        if argv[4] == "dashboard":  # a server: it must answer, then it is stopped
+            outputs[command] = serves(argv, copy, env, "http://127.0.0.1:8080/")
+            continue
         done = subprocess.run(argv, cwd=copy, env=env, capture_output=True, text=True,
                               timeout=400)
         assert done.returncode == 0, f"{command}\n{done.stdout[-3000:]}{done.stderr[-3000:]}"
@@ -55,4 +58,32 @@ def test_every_readme_mlflow_run_command_works_as_written(tmp_path, tiny_course)
     client = MlflowClient(f"sqlite:///{copy}/mlflow.db")
     assert client.get_model_version_by_alias("vgg_skin", "champion").version == "1"
     every = client.search_runs([e.experiment_id for e in client.search_experiments()])
-    assert {r.info.status for r in every} == {"FINISHED"}
+    # Every run ended; the dashboard's (stopped with Ctrl-C) as KILLED.
+    assert {r.info.status for r in every} == {"FINISHED", "KILLED"}
+    assert "optuna-dashboard of sqlite:///optuna.db on http://127.0.0.1:8080" in outputs[
+        "mlflow run . -e dashboard --env-manager local"]
+
+
+def serves(argv: list[str], cwd: Path, env: dict[str, str], url: str) -> str:
+    """Start a server command, wait until `url` answers 200, stop it as Ctrl-C would."""
+    import signal
+    import time
+    import urllib.request
+
+    server = subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert server.poll() is None, server.stdout.read()[-3000:]
+            assert time.monotonic() < deadline, f"{url} did not answer"
+            try:
+                with urllib.request.urlopen(url, timeout=2) as answer:
+                    if answer.status == 200:
+                        break
+            except OSError:
+                time.sleep(1)
+    finally:
+        os.killpg(server.pid, signal.SIGINT)
+        output = server.communicate(timeout=60)[0]
+    return output
