@@ -56,7 +56,7 @@ def test_every_readme_mlflow_run_command_works_as_written(tmp_path, tiny_course)
     assert "registered vgg_skin version 1 as champion" in outputs[
         "mlflow run . -e export -P study=vgg_skin --env-manager local"]
     client = MlflowClient(f"sqlite:///{copy}/mlflow.db")
-    assert client.get_model_version_by_alias("vgg_skin", "champion").version == "1"
+    assert str(client.get_model_version_by_alias("vgg_skin", "champion").version) == "1"
     every = client.search_runs([e.experiment_id for e in client.search_experiments()])
     # Every run ended; the dashboard's (stopped with Ctrl-C) as KILLED.
     assert {r.info.status for r in every} == {"FINISHED", "KILLED"}

@@ -19,13 +19,14 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def study_file(tmp_path: Path, recovery: str = "") -> Path:
-    """LeNet on Skin, with a checkpoint every epoch and no pruning or early stop, so a trial
-    runs all its epochs and can be killed in the middle."""
+    """LeNet on Skin, with a checkpoint every epoch and no pruning, early stop or stuck stop,
+    so a trial runs all its epochs and can be killed in the middle."""
     text = (Path(__file__).parents[1] / "studies" / "lenet_skin.toml").read_text()
     path = tmp_path / "lenet_recover.toml"
     path.write_text(text + f"\n[recovery]\ncheckpoint_every_s = 0\n{recovery}\n"
                            '\n[pruner]\ntype = "none"\n'
-                           "\n[training]\nearly_stopping_patience = 100\n")
+                           "\n[training]\nearly_stopping_patience = 100\n"
+                           "stuck_after_epochs = 0\n")
     return path
 
 
