@@ -59,7 +59,8 @@ def test_every_readme_mlflow_run_command_works_as_written(tmp_path, tiny_course)
     assert str(client.get_model_version_by_alias("vgg_skin", "champion").version) == "1"
     every = client.search_runs([e.experiment_id for e in client.search_experiments()])
     # Every run ended, none failed (the dashboard's, stopped with Ctrl-C, may end KILLED).
-    assert "FINISHED" in {r.info.status for r in every} <= {"FINISHED", "KILLED"}
+    statuses = {r.info.status for r in every}
+    assert "FINISHED" in statuses and statuses <= {"FINISHED", "KILLED"}
     assert "optuna-dashboard of sqlite:///optuna.db on http://127.0.0.1:8080" in outputs[
         "mlflow run . -e dashboard --env-manager local"]
 
