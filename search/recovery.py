@@ -37,10 +37,18 @@ JOURNAL = "journal:"  # journal:path/to/study.log, Optuna's file storage for sev
 INTERRUPTED = "KeyboardInterrupt"  # how the fail_reason of a trial cut by Ctrl-C starts
 
 
-def open_storage(url: str) -> str | optuna.storages.BaseStorage:
-    """A storage to read a study from: a journal file, or any URL Optuna takes."""
-    return JournalStorage(JournalFileBackend(url.removeprefix(JOURNAL))) if url.startswith(
-        JOURNAL) else url
+OPEN_ERRORS = (OperationalError, ArgumentError, ImportError, OSError)  # no server, folder, ...
+
+
+def open_storage(url: str) -> optuna.storages.BaseStorage:
+    """A storage to read a study from (a journal file, or any URL Optuna takes); what keeps it
+    from opening is one line naming the storage and what to check."""
+    try:
+        if url.startswith(JOURNAL):
+            return JournalStorage(JournalFileBackend(url.removeprefix(JOURNAL)))
+        return RDBStorage(url)
+    except OPEN_ERRORS as error:
+        raise storage_error(url, error) from None
 
 
 class Recovery:
@@ -53,10 +61,7 @@ class Recovery:
     def storage(self, url: str) -> optuna.storages.BaseStorage:
         """The Optuna storage for `url`, with heartbeats where the storage has them."""
         if url.startswith(JOURNAL):
-            try:
-                return open_storage(url)
-            except OSError as error:
-                raise storage_error(url, error) from error
+            return open_storage(url)
         engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
         for attempt in range(3):
             try:
@@ -75,7 +80,7 @@ class Recovery:
                 if attempt == 2:
                     raise
                 time.sleep(1.0 + attempt)
-            except (OperationalError, ArgumentError, ImportError) as error:
+            except OPEN_ERRORS as error:
                 # no server, no folder, no driver, no URL: one line, not SQLAlchemy's traceback
                 raise storage_error(url, error) from error
         raise AssertionError("unreachable")

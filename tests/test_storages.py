@@ -64,3 +64,15 @@ def test_the_cli_prints_an_unreachable_storage_as_one_line(workdir, tiny_skin, c
     assert err.startswith("medtune: error: cannot reach the Optuna storage "
                           "postgresql+psycopg2://medtune:***@127.0.0.1:1/optuna: ")
     assert err.count("\n") == 1 and "s3cret" not in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("command", [["compare", "--studies", "x"], ["export", "--study", "x"]])
+def test_compare_and_export_print_an_unreachable_storage_as_one_line(capsys, command):
+    from search.cli import main
+
+    url = "postgresql+psycopg2://medtune:s3cret@127.0.0.1:1/optuna"
+    assert main([*command, "--storage", url]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("medtune: error: cannot reach the Optuna storage "
+                          "postgresql+psycopg2://medtune:***@127.0.0.1:1/optuna: ")
+    assert err.count("\n") == 1 and "s3cret" not in err
