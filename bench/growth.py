@@ -87,6 +87,7 @@ def instrument(probe: Probe) -> None:
 def run(args: argparse.Namespace) -> common.Result:
     import optuna
 
+    import search.settings
     import search.study
     from search.spec import load_spec
 
@@ -103,7 +104,7 @@ def run(args: argparse.Namespace) -> common.Result:
     with tempfile.TemporaryDirectory(dir=args.work_dir) as tmp, Probe() as probe, \
             common.scoped_env(MEDTUNE_CHECKPOINTS=str(Path(tmp) / "checkpoints")):
         instrument(probe)
-        settings = search.study.resolve_settings(
+        settings = search.settings.resolve_settings(
             spec, study_name=f"growth-{args.task}", storage=common.sqlite_url(Path(tmp) / "o.db"),
             data_dir=str(data_dir), seed=args.seed, n_trials=budget["n_trials"], timeout=0,
             epochs=args.epochs, image_size=32,
