@@ -332,6 +332,14 @@ def synthetic_skin(root: Path, *, n_train: int, n_val: int, size: int, seed: int
     return dest.parents[1]  # <root>/<set folder>, which holds Lab2/Skin
 
 
+def every_epoch(spec: Any) -> Any:
+    """A study spec whose trials train every epoch they are given: no stuck stop (a timing
+    benchmark compares a trial with plain `fit` over the same epochs)."""
+    import dataclasses
+
+    return dataclasses.replace(spec, training={**spec.training, "stuck_after_epochs": 0})
+
+
 def chosen_budget(args: argparse.Namespace, budgets: dict[str, dict[str, Any]],
                   keys: tuple[str, ...]) -> dict[str, Any]:
     """The mode's budget (`--smoke`, `--quick` or full), with the options in `keys` the user gave

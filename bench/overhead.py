@@ -229,7 +229,7 @@ def run(args: argparse.Namespace) -> common.Result:
 
     pair_rows, part_rows, notes = [], [], []
     for task in budget["tasks"]:
-        spec = load_spec(task)
+        spec = common.every_epoch(load_spec(task))
         data = loader.load(spec.data, data_dir, size)  # decodes or warms the cache: untimed
         problem = make_problem(spec, data)
         params = baseline_params(spec)

@@ -139,7 +139,7 @@ def bench_spec(precision: str):
     """`vgg_skin` whose first trial is its first lab baseline with batch 32."""
     from search.spec import load_spec
 
-    spec = load_spec(TASK)
+    spec = common.every_epoch(load_spec(TASK))
     baseline = {**spec.baselines[0], "batch_size": BATCH}
     return dataclasses.replace(spec, baselines=[baseline],
                                training={**spec.training, "precision": precision})

@@ -133,4 +133,6 @@ def test_gpu_requirements_are_the_cpu_pins_with_tensorflows_cuda_build():
     cpu, gpu = pins("requirements.txt"), pins("requirements-gpu.txt")
     (tf_cpu,) = [p for p in cpu if p.startswith("tensorflow-cpu==")]
     version = tf_cpu.split("==")[1]
-    assert gpu == [f"tensorflow[and-cuda]=={version}" if p == tf_cpu else p for p in cpu]
+    # The GPU stack adds only the driver's metrics library (GPU system metrics in MLflow).
+    assert gpu == [f"tensorflow[and-cuda]=={version}" if p == tf_cpu else p for p in cpu] + [
+        "nvidia-ml-py==13.615.71"]
