@@ -68,7 +68,7 @@ def test_registered_medtune_vgg16_as_the_base(workdir, tiny_course):
                                signature=signature, pip_requirements=["keras"])
     assert tune(workdir, "--task", "transfer_bone", "--n-trials", "1", "--data-dir",
                 str(tiny_course), "--base", "models:/bone_vgg/1") == 0
-    _, (parent,), (child,) = runs(workdir)
+    _, (parent,), (child,) = runs(workdir, "transfer_bone")  # not the registry's run
     assert parent.data.params["transfer_base"] == "models:/bone_vgg/1"
     assert child.data.params["input_shape"] == "(2, 2, 16)"  # Last_ConvLayer: 32/16 px, 8b
 
