@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from mlflow.tracking import MlflowClient
 
 REPO = Path(__file__).resolve().parents[1]
@@ -71,6 +72,11 @@ def serves(argv: list[str], cwd: Path, env: dict[str, str], url: str) -> str:
     import time
     import urllib.request
 
+    try:  # another server on the port would answer in its place
+        urllib.request.urlopen(url, timeout=2)
+        pytest.fail(f"something already answers on {url}: stop it and run again")
+    except OSError:
+        pass
     server = subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
