@@ -59,9 +59,11 @@ def test_every_readme_mlflow_run_command_works_as_written(tmp_path, tiny_course)
     client = MlflowClient(f"sqlite:///{copy}/mlflow.db")
     assert str(client.get_model_version_by_alias("vgg_skin", "champion").version) == "1"
     every = client.search_runs([e.experiment_id for e in client.search_experiments()])
-    # Every run ended, none failed (the dashboard's, stopped with Ctrl-C, may end KILLED).
-    statuses = {r.info.status for r in every}
-    assert "FINISHED" in statuses and statuses <= {"FINISHED", "KILLED"}
+    # Every run ended; all but the dashboard's FINISHED (stopped with Ctrl-C, it ends as the
+    # race between `mlflow run` and the server decides: FINISHED, KILLED or FAILED).
+    served = [r for r in every if r.data.tags.get("mlflow.project.entryPoint") == "dashboard"]
+    assert len(served) == 1 and served[0].info.status != "RUNNING"
+    assert {r.info.status for r in every if r not in served} == {"FINISHED"}
     assert "optuna-dashboard of sqlite:///optuna.db on http://127.0.0.1:8080" in outputs[
         "mlflow run . -e dashboard --env-manager local"]
 
