@@ -15,9 +15,8 @@ from typing import Any
 import keras
 import optuna
 
-from models import build_model
 from search.checkpoints import study_folder
-from search.training import compile_model, fresh_keras_session
+from search.training import compiled_model, fresh_keras_session
 
 TEST_ATTR = "medtune_test"
 
@@ -57,8 +56,7 @@ def judge_best(spec, problem, study: optuna.Study, storage: str) -> dict[str, An
         return None
     config = problem.config(best.params)
     with fresh_keras_session():
-        model = build_model(spec.model, config)
-        compile_model(model, config, *problem.loss_and_metrics(config))
+        model = compiled_model(spec, problem, config)
         model.load_weights(path)
         scores = model.evaluate(problem.test_dataset(config), return_dict=True, verbose=0)
     result = {"trial": best.number, "n_test": len(problem.data.extra["y_test"]),

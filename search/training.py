@@ -35,6 +35,15 @@ def compile_model(model: keras.Model, config: Mapping, loss, metrics: list) -> N
     model.compile(optimizer=optimizer, loss=loss, metrics=metrics)
 
 
+def compiled_model(spec, problem, config: Mapping) -> keras.Model:
+    """The configuration's model, built in the study's precision and compiled with its loss,
+    optimizer and metrics (for training, and to reload a trial's kept weights)."""
+    with precision_policy(spec.training.get("precision", "float32")):
+        model = build_model(spec.model, config)
+        compile_model(model, config, *problem.loss_and_metrics(config))
+    return model
+
+
 def fit(
     spec, problem, config: Mapping, *, epochs: int, seed: int,
     callbacks: Sequence[keras.callbacks.Callback] = (),
@@ -50,9 +59,7 @@ def fit(
     Returns the model, its history and the validation data it was judged on.
     """
     keras.utils.set_random_seed(seed)
-    with precision_policy(spec.training.get("precision", "float32")):
-        model = build_model(spec.model, config)
-        compile_model(model, config, *problem.loss_and_metrics(config))
+    model = compiled_model(spec, problem, config)
     initial_epoch = restore(model) if restore else 0
     train, val = problem.datasets(config, seed)
     history = model.fit(
