@@ -318,12 +318,17 @@ def replay(spec: StudySpec, problem: Classification, trial: Trial, epochs: int,
            data: DataSet) -> tuple[float, float]:
     """Retrain a trial from scratch with its params and seed for `epochs` (as `medtune export`
     replays a best trial): its best validation value and its test accuracy."""
-    from search.training import best_epoch, fit, fresh_keras_session
+    import keras
+
+    from search.training import best_epoch, compiled_model, fit, fresh_keras_session
 
     config = problem.config(trial.params)
     with fresh_keras_session():
-        model, history, _ = fit(spec, problem, config, epochs=epochs, seed=trial.seed)
-        value, _ = best_epoch(history[spec.objective])
+        keras.utils.set_random_seed(trial.seed)
+        model = compiled_model(spec, problem, config)
+        history = keras.callbacks.History()
+        fit(spec, problem, model, config, epochs=epochs, seed=trial.seed, callbacks=[history])
+        value, _ = best_epoch(history.history[spec.objective])
         return value, accuracy_on(model, data.x_test, data.y_test, config,
                                     problem.data.n_classes)
 

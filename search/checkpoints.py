@@ -12,8 +12,9 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import keras
@@ -36,8 +37,6 @@ class Checkpoint:
 
     folder: Path
     every_s: float = 60.0  # save at the end of an epoch once this long has passed since the last
-    history: dict[str, list[float]] = field(default_factory=dict)
-    epoch: int = 0  # epochs done, as of the last save or restore
 
     @classmethod
     def of_trial(cls, storage: str, study: str, number: int, every_s: float) -> Checkpoint:
@@ -46,8 +45,9 @@ class Checkpoint:
     def exists(self) -> bool:
         return (self.folder / "latest").is_file()
 
-    def restore(self, model: keras.Model) -> int:
-        """Load the latest checkpoint into a compiled `model`; returns the epochs done."""
+    def restore(self, model: keras.Model) -> tuple[int, dict[str, list[float]]]:
+        """Load the latest checkpoint into a compiled `model`; returns the epochs done and
+        their history."""
         saved = self.folder / (self.folder / "latest").read_text().strip()
         state = json.loads((saved / "state.json").read_text())
         model.load_weights(saved / "model.weights.h5")
@@ -59,19 +59,15 @@ class Checkpoint:
             raise ValueError(f"checkpoint {saved} does not fit this model's optimizer")
         for variable, value in zip(optimizer.variables, values, strict=True):
             variable.assign(value)
-        self.history, self.epoch = state["history"], state["epoch"]
-        return self.epoch
+        return state["epoch"], state["history"]
 
-    def save(self, model: keras.Model, epoch: int, logs: Mapping[str, float]) -> None:
-        for key, value in logs.items():
-            self.history.setdefault(key, []).append(float(value))
-        self.epoch = epoch
+    def save(self, model: keras.Model, epoch: int, history: Mapping[str, list[float]]) -> None:
         target = self.folder / f"epoch-{epoch:04d}"
         shutil.rmtree(target, ignore_errors=True)
         target.mkdir(parents=True)
         model.save_weights(target / "model.weights.h5")
         np.savez(target / "optimizer.npz", *[v.numpy() for v in model.optimizer.variables])
-        (target / "state.json").write_text(json.dumps({"epoch": epoch, "history": self.history}))
+        (target / "state.json").write_text(json.dumps({"epoch": epoch, "history": dict(history)}))
         pointer = self.folder / "latest.tmp"
         pointer.write_text(target.name)
         os.replace(pointer, self.folder / "latest")  # the checkpoint switches in one step
@@ -82,20 +78,33 @@ class Checkpoint:
     def remove(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
 
-    def callback(self) -> keras.callbacks.Callback:
-        return _Saver(self)
+    @contextmanager
+    def removed_unless_interrupted(self) -> Iterator[None]:
+        """Removed when the trial ends, however it ends, except by Ctrl-C: that trial is
+        retried on the next run from here (as is one whose worker was killed)."""
+        interrupted = False
+        try:
+            yield
+        except KeyboardInterrupt:
+            interrupted = True
+            raise
+        finally:
+            if not interrupted:
+                self.remove()
+
+    def callback(self, history: Mapping[str, list[float]]) -> keras.callbacks.Callback:
+        """Saves every `every_s` seconds, at an epoch's end, with the trial's `history` (which
+        must already hold that epoch: put this callback after the trial's history)."""
+        return _Saver(self, history)
 
 
 class _Saver(keras.callbacks.Callback):
-    def __init__(self, checkpoint: Checkpoint):
+    def __init__(self, checkpoint: Checkpoint, history: Mapping[str, list[float]]):
         super().__init__()
-        self.checkpoint = checkpoint
+        self.checkpoint, self.history = checkpoint, history
         self.last = time.monotonic()
 
     def on_epoch_end(self, epoch: int, logs: Mapping[str, float] | None = None) -> None:
         if time.monotonic() - self.last >= self.checkpoint.every_s:
-            self.checkpoint.save(self.model, epoch + 1, logs or {})
+            self.checkpoint.save(self.model, epoch + 1, self.history)
             self.last = time.monotonic()
-        else:  # not saved this epoch, but the next save carries its metrics
-            for key, value in (logs or {}).items():
-                self.checkpoint.history.setdefault(key, []).append(float(value))

@@ -11,6 +11,9 @@ import subprocess
 import sys
 import time
 
+from search.engines import DEFAULT as DEFAULT_ENGINE
+from search.engines import ENGINES
+
 WORKER_ENV = "MEDTUNE_WORKER"  # set in the processes `--workers N` starts
 INTERRUPTED = 130  # the shell's code for a process ended by Ctrl-C
 
@@ -78,9 +81,9 @@ def parser() -> argparse.ArgumentParser:
     tune.add_argument("--base", type=_optional(str),
                       help="transfer tasks: VGG16 ImageNet weights file (default: the Keras "
                            "cache), or models:/<name>@<alias> for a registered medtune VGG16")
-    tune.add_argument("--engine", default="optuna",
-                      help="optuna (default: TPE, pruning, lab baselines first) or keras-tuner "
-                           "(Hyperband; its own study, <task>-keras-tuner)")
+    tune.add_argument("--engine", default=DEFAULT_ENGINE,
+                      help="; ".join(f"{e.name}: {e.description}" for e in ENGINES.values())
+                      + f" (default {DEFAULT_ENGINE})")
     tune.add_argument("--workers", type=_workers, default=1,
                       help="processes sharing the study on this machine (default 1), or auto: "
                            "one per GPU (1 without); for several machines start the same "
@@ -177,7 +180,7 @@ def _tune(args: argparse.Namespace, spec, argv: list[str]) -> int:
         + (f", timeout {settings.timeout:g} s" if settings.timeout else "") + "\n"
         f"  data: {settings.data_dir or 'embedded synthetic set (no --data-dir given)'}\n"
         f"  study {settings.study_name!r} in {mask_password(settings.storage)}"
-        + (f", engine {settings.engine}" if settings.engine != "optuna" else "") + "\n"
+        + (f", engine {settings.engine}" if settings.engine != DEFAULT_ENGINE else "") + "\n"
         f"  {_device_line(gpus, spec.training.get('precision', 'float32'))}",
         flush=True,
     )
@@ -186,7 +189,7 @@ def _tune(args: argparse.Namespace, spec, argv: list[str]) -> int:
     run = functools.partial(run_study, spec, tracking_uri=args.tracking_uri,
                             experiment=args.experiment)
     if args.workers > 1:
-        if settings.engine != "optuna":
+        if not ENGINES[settings.engine].parallel:
             raise ValueError(f"the {settings.engine} engine runs in one process: drop --workers")
         run(dataclasses.replace(settings, n_trials=0))  # the study and its parent run, once
         failed = _run_workers(gpus, argv)

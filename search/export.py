@@ -20,7 +20,8 @@ from search.recovery import open_storage
 from search.spec import load_spec
 from search.study import SETTINGS_ATTR, data_record, feature_base
 from search.tracking import Registered, export_run, register_model
-from search.training import EpochLines, best_epoch, check_finite, fit, fresh_keras_session
+from search.training import fresh_keras_session
+from search.trial import run_trial
 from search.urls import mask_password
 
 DEFAULT_TOLERANCE = 0.02  # on the objective, e.g. accuracy 0.875 replayed as 0.86 still passes
@@ -97,12 +98,10 @@ def export_best(
     with export_run(f"export {study_name}", params, tags, experiment=experiment or spec.name,
                     tracking_uri=tracking_uri) as run, fresh_keras_session():
         run.log_data(data_record(spec.data, data))
-        label = f"replay of {study_name} trial {best.number}"
-        lines = [EpochLines(label, epochs)] if verbose else []
-        model, history, _ = fit(spec, problem, config, epochs=epochs, seed=seed,
-                                callbacks=[*lines, run.keras_callback()])
-        check_finite(history)
-        replayed, _ = best_epoch(history[spec.objective])
+        # The trial as it ran (same lifecycle, params and seed), without a pruner to stop it.
+        result = run_trial(spec, problem, best.params, run, epochs=epochs, seed=seed,
+                           verbose=verbose)
+        model, replayed = result.model, result.value
         run.log_metrics({"recorded_value": best.value, "replayed_value": replayed,
                          "replay_difference": replayed - best.value})
         if abs(replayed - best.value) > tolerance:

@@ -1,11 +1,13 @@
 """The second engine: Keras Tuner's Hyperband over the same task, search space and data.
 
-Hyperband proposes the trials and decides their epochs (successive halving, continuing a
-promoted trial from its checkpoint). Each trial is logged to MLflow exactly as an Optuna trial is
-(a child run with params and per-epoch metrics), and recorded into the task's Optuna study as a
-finished trial, so trials tables, study plots, `compare` and `export` work the same for both.
-Keras Tuner keeps its own state in `.medtune/keras_tuner/<study>` ($MEDTUNE_KERAS_TUNER_DIR), so
-a rerun continues.
+Hyperband proposes the trials and decides their epochs (successive halving, a promoted trial
+continuing from its parent's best weights); each trial is `search.trial.run_trial`, as an Optuna
+trial is: early stopping, the stuck stop, the same MLflow child run with curves, confusion
+matrix and ROC. Each trial is also recorded into the task's Optuna study (complete, pruned when
+stuck, or failed), so trials tables, study plots, `compare`, `export` and the test split work the
+same for both. Hyperband's factor is the study file's `[pruner] reduction_factor`. Keras Tuner
+keeps its own state in `.medtune/keras_tuner/<study>` ($MEDTUNE_KERAS_TUNER_DIR), so a rerun
+continues.
 """
 
 from __future__ import annotations
@@ -20,30 +22,24 @@ import keras
 import keras_tuner
 import optuna
 
-from models import build_model
+from search import holdout
+from search.engines import StudyRun
 from search.limits import counted_trials, epochs_spent
-from search.problems import Classification, Segmentation
-from search.settings import TuneSettings
+from search.objective import improves
 from search.spec import StudySpec
-from search.tracking import StudyTracker
-from search.training import (
-    EpochLines,
-    StopOnNonFinite,
-    best_epoch,
-    check_finite,
-    compile_model,
-    precision_policy,
-)
+from search.stopping import Stuck
+from search.tracking import TrialRun
+from search.training import compiled_model, fresh_keras_session
+from search.trial import Restore, fixed_params, run_trial
 
 
 def state_dir() -> Path:
     return Path(os.environ.get("MEDTUNE_KERAS_TUNER_DIR", Path(".medtune") / "keras_tuner"))
 
 
-# A promoted trial continues from its checkpoint's weights with a fresh optimizer, as Keras
-# Tuner intends; Keras warns about the optimizer state it skips each time.
+# A promoted trial continues from its parent's weights with a fresh optimizer, as Keras Tuner
+# intends; Keras warns about the optimizer state it skips each time.
 warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
-FACTOR = 3  # Hyperband's halving rate, Keras Tuner's default
 TS = optuna.trial.TrialState
 
 
@@ -78,113 +74,135 @@ def _define(hp: keras_tuner.HyperParameters, name: str, dist) -> Any:
 
 
 class _Recorded:
-    """What `StudyTracker.trial_run` needs of a trial: a number and user attributes (which
-    then go with the trial into the Optuna study)."""
+    """A Keras Tuner trial as `StudyTracker.trial_run` needs it (a number, user attributes), and
+    then as the Optuna study records it."""
 
-    def __init__(self, number: int):
-        self.number = number
+    def __init__(self, number: int, params: dict[str, Any]):
+        self.number, self.params = number, params
         self.user_attrs: dict[str, Any] = {}
+        self.run: TrialRun | None = None
+        self.state, self.value = TS.FAIL, None
+        self.started = time.monotonic()
 
     def set_user_attr(self, key: str, value: Any) -> None:
         self.user_attrs[key] = value
 
+    def end(self, state: optuna.trial.TrialState, value: float | None) -> None:
+        self.state, self.value = state, value
 
+    def curve(self, monitor: str) -> list[float]:
+        return list(self.run.history.get(monitor, [])) if self.run else []
+
+    def score(self, monitor: str) -> float:
+        """What Hyperband ranks the trial by: its value, or its best epoch when stuck."""
+        return self.value if self.value is not None else max(self.curve(monitor), default=0.0)
+
+    def add_to(self, study: optuna.Study, spec: StudySpec, initial: int, seed: int) -> None:
+        study.add_trial(optuna.trial.create_trial(
+            params=self.params,
+            distributions={k: spec.space[k] for k in self.params},
+            value=self.value,
+            state=self.state,
+            intermediate_values={initial + i + 1: v
+                                 for i, v in enumerate(self.curve(spec.objective))},
+            user_attrs={**self.user_attrs, "engine": "keras-tuner", "seed": seed,
+                        "trial_seconds": round(time.monotonic() - self.started, 1)},
+        ))
 class _Hyperband(keras_tuner.Hyperband):
-    def __init__(self, spec, settings, study, problem, tracker, verbose, **kwargs):
-        self.spec, self.settings, self.study = spec, settings, study
-        self.problem, self.tracker, self.verbose = problem, tracker, verbose
+    def __init__(self, job: StudyRun, **kwargs):
+        self.job = job
         self.started = time.monotonic()
         super().__init__(**kwargs)
 
     def pre_create_trial(self) -> None:
         # n_trials counts the study's complete and pruned trials, earlier runs included; the
         # epoch budget all their epochs; and the timeout.
-        timed_out = (self.settings.timeout is not None
-                     and time.monotonic() - self.started > self.settings.timeout)
-        budget = self.settings.epoch_budget
-        spent = budget is not None and epochs_spent(self.study) >= budget
-        if timed_out or spent or counted_trials(self.study) >= self.settings.n_trials:
+        settings, study = self.job.settings, self.job.study
+        timed_out = (settings.timeout is not None
+                     and time.monotonic() - self.started > settings.timeout)
+        spent = settings.epoch_budget is not None and epochs_spent(study) >= settings.epoch_budget
+        if timed_out or spent or counted_trials(study) >= settings.n_trials:
             self.oracle.max_trials = len(self.oracle.trials)  # the oracle then says STOPPED
 
-    def run_trial(self, trial, *args, **kwargs):
-        hp = trial.hyperparameters
-        record = _Recorded(len(self.study.trials))
-        params = {k: hp.values[k] for k in hp.values if k in self.spec.space and hp.is_active(k)}
-        epochs = hp.values.get("tuner/epochs", self.settings.epochs)
-        initial = hp.values.get("tuner/initial_epoch", 0)
-        fixed = {**self.spec.fixed, "epochs": epochs, "initial_epoch": initial,
-                 "keras_tuner_trial": trial.trial_id,
-                 "continues_trial": hp.values.get("tuner/trial_id", "")}
-        seed = self.settings.seed + record.number
-        name = f"{self.study.study_name}-t{record.number:04d}"
-        lines = [EpochLines(name, epochs)] if self.verbose else []
-        started = time.monotonic()
-        value, history = None, {}
+    def run_trial(self, trial: keras_tuner.engine.trial.Trial, *args, **kwargs) -> dict:
+        job, hp = self.job, trial.hyperparameters
+        params = {k: hp.values[k] for k in hp.values if k in job.spec.space and hp.is_active(k)}
+        record = _Recorded(len(job.study.trials), params)
+        epochs = hp.values.get("tuner/epochs", job.settings.epochs)
+        initial, parent = hp.values.get("tuner/initial_epoch", 0), hp.values.get("tuner/trial_id")
+        fixed = {**fixed_params(job.spec, job.problem, params, epochs), "initial_epoch": initial,
+                 "keras_tuner_trial": trial.trial_id, "continues_trial": parent or ""}
+        seed = job.settings.seed + record.number
         try:
-            with self.tracker.trial_run(record, params, fixed) as run:
-                history = run.history
-                kwargs["callbacks"] = [*lines, *kwargs.get("callbacks", []), run.keras_callback()]
-                keras.utils.set_random_seed(seed)
-                self.hypermodel.seed = seed
-                results = super().run_trial(trial, *args, **kwargs)
-                check_finite(run.history)
-                value, epoch = best_epoch(run.history[self.spec.objective])
-                run.log_metrics({"trial.objective": value, "trial.best_epoch": initial + epoch})
-                record.set_user_attr("best_epoch", initial + epoch)
-            return results
+            with job.tracker.trial_run(record, params, fixed) as run, fresh_keras_session():
+                record.run = run
+                result = run_trial(
+                    job.spec, job.problem, params, run, epochs=epochs, seed=seed,
+                    restore=self._continue(parent, initial) if parent else None,
+                    is_best=lambda v: improves(job.study, v), verbose=job.verbose,
+                )
+                self._keep(trial.trial_id, result.model)
+                if result.best_so_far:
+                    holdout.keep_best(result.model, job.settings.storage, job.study,
+                                      record.number)
+                record.set_user_attr("best_epoch", result.best_epoch)
+            record.end(TS.COMPLETE, result.value)
+        except Stuck:  # recorded as pruned; Hyperband sees its score at chance and drops it
+            record.end(TS.PRUNED, None)
         finally:  # failed trials too: Keras Tuner goes on, and so does the record
-            curve = history.get(self.spec.objective, [])
-            self.study.add_trial(optuna.trial.create_trial(
-                params=params,
-                distributions={k: self.spec.space[k] for k in params},
-                value=value,
-                state=TS.COMPLETE if value is not None else TS.FAIL,
-                intermediate_values={initial + i + 1: v for i, v in enumerate(curve)},
-                user_attrs={**record.user_attrs, "engine": "keras-tuner", "seed": seed,
-                            "trial_seconds": round(time.monotonic() - started, 1)},
-            ))
-            keras.backend.clear_session()
+            record.add_to(job.study, job.spec, initial, seed)
+        return {job.spec.objective: record.score(job.spec.objective)}
+
+    def _continue(self, parent: str, initial_epoch: int) -> Restore:
+        """A promoted trial starts from its parent's best weights, at the parent's epochs."""
+        def restore(model: keras.Model) -> tuple[int, dict]:
+            model.load_weights(self._get_checkpoint_fname(parent))
+            return initial_epoch, {}
+        return restore
+
+    def _keep(self, trial_id: str, model: keras.Model) -> None:
+        """The trial's best weights, where a promotion of it continues from."""
+        path = self._get_checkpoint_fname(trial_id)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        model.save_weights(path)
 
 
 class _LabModel(keras_tuner.HyperModel):
-    """Builds and fits a lab model from Keras Tuner's hyperparameters, like a trial does."""
+    """The study's space as Keras Tuner hyperparameters (Keras Tuner builds it once, to learn
+    the space; trials build their models in `run_trial`)."""
 
-    def __init__(self, spec: StudySpec, problem: Classification | Segmentation):
+    def __init__(self, job: StudyRun):
         super().__init__()
-        self.spec, self.problem = spec, problem
-        self.seed = 0
+        self.job = job
 
     def build(self, hp: keras_tuner.HyperParameters) -> keras.Model:
-        config = self.problem.config(hyperparameters(hp, self.spec))
-        with precision_policy(self.spec.training.get("precision", "float32")):
-            model = build_model(self.spec.model, config)
-            compile_model(model, config, *self.problem.loss_and_metrics(config))
-        return model
-
-    def fit(self, hp, model, *args, **kwargs):
-        config = self.problem.config(hyperparameters(hp, self.spec))
-        train, val = self.problem.datasets(config, self.seed)
-        kwargs["callbacks"] = [*kwargs.get("callbacks", []), StopOnNonFinite()]
-        kwargs |= {"shuffle": False, "verbose": 0}  # `train` reshuffles itself; lines print
-        return model.fit(train, validation_data=val, **kwargs)
+        config = self.job.problem.config(hyperparameters(hp, self.job.spec))
+        return compiled_model(self.job.spec, self.job.problem, config)
 
 
-def search(
-    spec: StudySpec,
-    settings: TuneSettings,
-    study: optuna.Study,
-    problem: Classification | Segmentation,
-    tracker: StudyTracker,
-    *,
-    verbose: bool = True,
-) -> None:
+def hyperband_factor(spec: StudySpec) -> int:
+    """Hyperband's halving rate: the study file's, as Optuna's Hyperband pruner uses it."""
+    factor = spec.pruner.get("reduction_factor")
+    if not isinstance(factor, int) or factor < 2:
+        raise ValueError("the keras-tuner engine runs Hyperband: give it its factor as an integer "
+                         f">= 2 in the study file's [pruner] reduction_factor (found {factor!r})")
+    return factor
+
+
+def describe(spec: StudySpec) -> dict[str, Any]:
+    return {"sampler": {"type": "keras-tuner Hyperband"},
+            "pruner": {"type": "keras-tuner Hyperband", "factor": hyperband_factor(spec)}}
+
+
+def search(job: StudyRun) -> None:
     """Run Hyperband until the study has `n_trials` trials (or the timeout, or Hyperband ends)."""
+    settings = job.settings
     tuner = _Hyperband(
-        spec, settings, study, problem, tracker, verbose,
-        hypermodel=_LabModel(spec, problem),
-        objective=keras_tuner.Objective(spec.objective, direction="max"),
+        job,
+        hypermodel=_LabModel(job),
+        objective=keras_tuner.Objective(job.spec.objective, direction="max"),
         max_epochs=settings.epochs,
-        factor=FACTOR,
+        factor=hyperband_factor(job.spec),
         seed=settings.seed,
         directory=str(state_dir()),
         project_name=settings.study_name,

@@ -5,10 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from search.engines import DEFAULT as DEFAULT_ENGINE
+from search.engines import get_engine
 from search.spec import StudySpec
 
 DEFAULT_STORAGE = "sqlite:///optuna.db"
-ENGINES = ("optuna", "keras-tuner")
 
 
 @dataclass(frozen=True)
@@ -25,7 +26,7 @@ class TuneSettings:
     image_size: int
     budget: str
     base: str | None = None  # transfer tasks: ImageNet weights file, or a models:/ URI
-    engine: str = "optuna"  # or "keras-tuner": Hyperband, its trials mirrored into the study
+    engine: str = DEFAULT_ENGINE  # a name in `search.engines.ENGINES`
     epoch_budget: int | None = None  # stop once the study's trials have trained this many epochs
 
 
@@ -42,17 +43,17 @@ def resolve_settings(
     epochs: int | None = None,
     image_size: int | None = None,
     base: str | None = None,
-    engine: str = "optuna",
+    engine: str = DEFAULT_ENGINE,
     epoch_budget: int | None = None,
 ) -> TuneSettings:
-    if engine not in ENGINES:
-        raise ValueError(f"unknown engine {engine!r}; choose one of: {', '.join(ENGINES)}")
+    get_engine(engine)  # a known one
     if budget not in spec.budget:
         raise ValueError(f"unknown budget {budget!r}; choose one of: {', '.join(spec.budget)}")
     chosen = spec.budget[budget]
     settings = TuneSettings(
         # Each engine its own study by default, so `compare` can set them side by side.
-        study_name=study_name or (spec.name if engine == "optuna" else f"{spec.name}-{engine}"),
+        study_name=study_name or (
+            spec.name if engine == DEFAULT_ENGINE else f"{spec.name}-{engine}"),
         storage=storage or DEFAULT_STORAGE,
         data_dir=str(Path(data_dir).expanduser().resolve()) if data_dir else None,
         seed=seed,

@@ -17,11 +17,16 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import keras
+import optuna
 
 from search.training import TrialFailed
 
 NO_SIGNAL_AUC = 0.02  # a validation AUC within this of 0.5: the scores do not rank the classes
 LOSS_DROP = 0.01  # a training loss that fell less than this fraction has not fallen
+
+
+class Stuck(optuna.TrialPruned):
+    """A trial stopped early because it cannot give a useful value; the message says why."""
 
 
 class StuckOrDiverged(keras.callbacks.Callback):

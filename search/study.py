@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import gc
-import time
 from dataclasses import asdict
 
 import optuna
-from optuna.study import MaxTrialsCallback
 
 from datasets import features, loader
 from models.transfer import FeatureBase, imagenet_base, trained_base
 from search import holdout
-from search.limits import COUNTED, EpochBudget, FailureCount, counted_trials
+from search.engines import DEFAULT as DEFAULT_ENGINE
+from search.engines import StudyRun, get_engine
 from search.manifest import manifest
-from search.objective import make_objective
 from search.problems import make_problem
 from search.pruners import make_pruner, make_sampler
 from search.recovery import JOURNAL, Recovery
@@ -22,7 +19,7 @@ from search.settings import TuneSettings
 from search.spec import StudySpec, baseline_params
 from search.tracking import DataRecord, StudyTracker, load_registered_model
 from search.urls import mask_password
-from search.worker import FreezeSurvivors, MemoryGuard
+from search.worker import MemoryGuard
 
 SETTINGS_ATTR = "medtune_settings"  # what a continued study must agree on
 
@@ -46,7 +43,7 @@ def open_study(
         identity["precision"] = spec.training["precision"]
     if spec.transfer:
         identity["base"] = settings.base
-    if settings.engine != "optuna":
+    if settings.engine != DEFAULT_ENGINE:  # (studies of the default engine recorded none)
         identity["engine"] = settings.engine
     study.set_user_attr("medtune_objective", spec.objective)  # for `compare`, which has no spec
     recorded = study.user_attrs.get(SETTINGS_ATTR)
@@ -89,56 +86,6 @@ def feature_base(base: str | None, size: int, tracking_uri: str | None) -> Featu
     return imagenet_base(size, base)
 
 
-class Interrupted(KeyboardInterrupt):
-    """Ctrl-C during a study; `trial` is the trial that was cut and will be retried."""
-
-    def __init__(self, trial: int | None):
-        super().__init__(trial)
-        self.trial = trial
-
-
-def _optimize(spec, settings, study, problem, tracker, recovery, guard, verbose,
-              show_progress_bar) -> None:
-    """Optuna's loop: the sampler proposes, the pruner stops, until `n_trials` trials have
-    completed or been pruned (counting every worker's trials: several processes may share the
-    study). A failed trial does not count, so the loop goes on past it; a run whose own trials
-    keep failing stops after as many failures as it was asked to finish trials."""
-    objective = make_objective(spec, problem, tracker, epochs=settings.epochs,
-                               seed=settings.seed, storage=settings.storage, verbose=verbose)
-    deadline = time.monotonic() + settings.timeout if settings.timeout else None
-    failures = FailureCount(max(1, settings.n_trials - counted_trials(study)))
-    budget = EpochBudget(settings.epoch_budget)
-    # What is alive now (modules, data, storage) lives as long as the study: keep it out of
-    # the collection each trial ends with, which then takes milliseconds instead of seconds.
-    gc.collect()
-    gc.freeze()
-    try:
-        while (remaining := settings.n_trials - counted_trials(study)) > 0:
-            left = None if deadline is None else deadline - time.monotonic()
-            if (left is not None and left <= 0) or budget.spent(study) or failures.stopped:
-                break
-            study.optimize(
-                objective,
-                n_trials=remaining,
-                timeout=left,
-                catch=(Exception,),  # a failed trial is recorded (FAIL, MLflow FAILED); go on
-                callbacks=[MaxTrialsCallback(settings.n_trials, states=COUNTED), budget,
-                           failures, recovery.fail_orphans, *([guard] if guard else []),
-                           FreezeSurvivors()],
-                show_progress_bar=show_progress_bar,
-                gc_after_trial=False,  # fresh_keras_session collects once per trial already
-            )
-            if guard is not None and guard.exceeded:
-                break
-    except KeyboardInterrupt:
-        raise Interrupted(recovery.retry_interrupted(study)) from None
-    finally:
-        gc.unfreeze()
-    if failures.stopped:
-        print(f"medtune: stopped after {failures.count} failed trials in this run (see their "
-              "`error` tags in MLflow); fix the cause, then run again to continue", flush=True)
-
-
 def _start_tracking(spec: StudySpec, settings: TuneSettings, study: optuna.Study, problem,
                     extra: dict, tracking_uri: str | None, experiment: str | None
                     ) -> StudyTracker:
@@ -177,8 +124,7 @@ def _start_tracking(spec: StudySpec, settings: TuneSettings, study: optuna.Study
     tracker.log_dict(
         manifest(
             settings=params, study_file=spec.source,
-            sampler=spec.sampler if settings.engine == "optuna" else {"type": settings.engine},
-            pruner=spec.pruner if settings.engine == "optuna" else {"type": "Hyperband"},
+            **get_engine(settings.engine).describe(spec),
             data={"source": data.source, "layout": data.layout, "fingerprint": data.fingerprint,
                   "n_train": len(data.y_train), "n_val": len(data.y_val)},
         ),
@@ -211,19 +157,15 @@ def run_study(
     recovery = Recovery(spec.recovery)
     study = open_study(spec, settings, recovery)
     tracker = _start_tracking(spec, settings, study, problem, extra, tracking_uri, experiment)
-    if tracker.created and settings.engine == "optuna":  # once, by the worker that made it
+    engine = get_engine(settings.engine)
+    if tracker.created and engine.queues_baselines:  # once, by the worker that made it
         enqueue_baselines(spec, study, settings.budget)
     recovery.tracker = tracker
     recovery.fail_orphans(study)  # trials a dead worker left RUNNING: failed, then retried
     status = "FINISHED"
     try:
-        if settings.engine == "keras-tuner":
-            from search import keras_tuner_engine  # imports keras_tuner only when asked for
-
-            keras_tuner_engine.search(spec, settings, study, problem, tracker, verbose=verbose)
-        else:
-            _optimize(spec, settings, study, problem, tracker, recovery, guard, verbose,
-                      show_progress_bar)
+        engine.search(StudyRun(spec, settings, study, problem, tracker, recovery, guard,
+                               verbose, show_progress_bar))
         holdout.judge_best(spec, problem, study, settings.storage)
     except BaseException:
         status = "KILLED"  # interrupted: keep what was logged, end the parent as killed

@@ -23,7 +23,6 @@ import os
 import tempfile
 import time
 import warnings
-from collections import defaultdict
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -42,6 +41,7 @@ from mlflow.tracking import MlflowClient
 from search import plots
 from search.devices import device_tag
 from search.holdout import TEST_ATTR
+from search.stopping import Stuck
 from search.urls import mask_password
 from search.worker import owner_alive, owner_id, resident_mb
 
@@ -151,22 +151,20 @@ def _system_metrics(client: MlflowClient, run_id: str):
 
 
 class TrialRun:
-    """One trial's child run: epochs, metrics and figures go here as they happen."""
+    """One trial's child run: epochs, metrics and figures go here as they happen. The trial
+    owns its history (`search.trial.TrialHistory`); the run follows it for the curves it draws
+    when it ends."""
 
     def __init__(self, client: MlflowClient, run_id: str, name: str):
         self.client = client
         self.run_id = run_id
         self.name = name
-        self.history: dict[str, list[float]] = defaultdict(list)
+        self.history: Mapping[str, list[float]] = {}
 
-    def keras_callback(self) -> keras.callbacks.Callback:
-        """Logs the model's summary when training starts, then every Keras metric, training
-        and validation, at the end of each epoch."""
-        return _EpochLogger(self)
+    def follow(self, history: Mapping[str, list[float]]) -> None:
+        self.history = history
 
     def log_epoch(self, epoch: int, logs: Mapping[str, float]) -> None:
-        for key, value in logs.items():
-            self.history[key].append(float(value))
         # One batched call per epoch: a database round trip per metric would cost more.
         stamp = _now_ms()
         self.client.log_batch(
@@ -176,6 +174,11 @@ class TrialRun:
     @property
     def epochs(self) -> int:
         return max((len(v) for v in self.history.values()), default=0)
+
+    def log_summary(self, model: keras.Model) -> None:
+        out = io.StringIO()
+        model.summary(print_fn=lambda line, **_: out.write(line + "\n"))
+        self.log_text(out.getvalue(), "model_summary.txt")
 
     def log_metrics(self, metrics: Mapping[str, float]) -> None:
         stamp = _now_ms()
@@ -198,24 +201,6 @@ class TrialRun:
         for epoch in range(epochs):
             self.log_epoch(epoch + 1, {k: v[epoch] for k, v in history.items()})
         self.client.set_tag(self.run_id, "resumed_from_epoch", str(epochs))
-
-
-class _EpochLogger(keras.callbacks.Callback):
-    def __init__(self, run: TrialRun):
-        super().__init__()
-        self.run = run
-
-    def __deepcopy__(self, memo: dict) -> _EpochLogger:
-        return self  # Keras Tuner deep-copies callbacks: the copy must still log into this run
-
-    def on_train_begin(self, logs=None) -> None:
-        out = io.StringIO()
-        self.model.summary(print_fn=lambda line, **_: out.write(line + "\n"))
-        self.run.log_text(out.getvalue(), "model_summary.txt")
-
-    def on_epoch_end(self, epoch: int, logs: Mapping[str, float] | None = None) -> None:
-        # MLflow steps are 1-based epochs, as Keras prints them.
-        self.run.log_epoch(epoch + 1, logs or {})
 
 
 class StudyTracker:
@@ -309,7 +294,9 @@ class StudyTracker:
         try:
             yield run
         except optuna.TrialPruned as stop:  # by the pruner, or stuck (`search.stopping`)
-            stuck = "stopped_because" in trial.user_attrs
+            stuck = isinstance(stop, Stuck)
+            if stuck:  # counted apart in summaries and benchmarks
+                trial.set_user_attr("stopped_because", str(stop))
             status, state = "KILLED", "stuck" if stuck else "pruned"
             end_tags = {"pruned_at_epoch": str(run.epochs),
                         "stopped_because": str(stop) or f"pruned at epoch {run.epochs}"}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 
 import keras
@@ -45,24 +45,19 @@ def compiled_model(spec, problem, config: Mapping) -> keras.Model:
 
 
 def fit(
-    spec, problem, config: Mapping, *, epochs: int, seed: int,
+    spec, problem, model: keras.Model, config: Mapping, *, epochs: int, seed: int,
+    initial_epoch: int = 0,
     callbacks: Sequence[keras.callbacks.Callback] = (),
     pruning: keras.callbacks.Callback | None = None,
-    restore: Callable[[keras.Model], int] | None = None,
-) -> tuple[keras.Model, dict[str, list[float]], tf.data.Dataset]:
-    """Build, compile and train one configuration the way every trial does: seeded, stopped
+) -> tf.data.Dataset:
+    """Train a compiled model the way every trial does (`search.trial.run_trial`): stopped
     early on the objective with the best epoch's weights restored, and stopped on NaN.
 
-    `callbacks` see every epoch first (loggers); `pruning` goes last, so a pruned epoch is
-    still logged. A replay (`search.export`) calls this with the trial's config and seed.
-    `restore` loads a checkpoint into the compiled model and says how many epochs it had done.
-    Returns the model, its history and the validation data it was judged on.
+    `callbacks` see every epoch first (history, loggers); `pruning` goes last, so a pruned epoch
+    is still logged. Returns the validation data the model was judged on.
     """
-    keras.utils.set_random_seed(seed)
-    model = compiled_model(spec, problem, config)
-    initial_epoch = restore(model) if restore else 0
     train, val = problem.datasets(config, seed)
-    history = model.fit(
+    model.fit(
         train,
         validation_data=val,
         epochs=epochs,
@@ -79,7 +74,7 @@ def fit(
             *([pruning] if pruning is not None else []),
         ],
     )
-    return model, {k: [float(v) for v in vs] for k, vs in history.history.items()}, val
+    return val
 
 
 class StopOnNonFinite(keras.callbacks.Callback):

@@ -66,6 +66,18 @@ TS = optuna.trial.TrialState
 
 
 @pytest.fixture
+def trial_run(tmp_path):
+    """A trial's MLflow run in a fresh SQLite tracking store, for `search.trial.run_trial`."""
+    from mlflow.tracking import MlflowClient
+
+    from search.tracking import TrialRun
+
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    run_id = client.create_run(client.create_experiment("trials")).info.run_id
+    return TrialRun(client, run_id, "trial")
+
+
+@pytest.fixture
 def workdir(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # optuna.db, mlflow.db and mlruns/ land here
     monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)

@@ -11,7 +11,8 @@ from datasets import loader
 from models import build_model
 from search.problems import make_problem
 from search.spec import load_spec
-from search.training import fit, fresh_keras_session, precision_policy
+from search.training import fresh_keras_session, precision_policy
+from search.trial import run_trial
 
 MIXED = "mixed_float16"
 
@@ -46,16 +47,17 @@ def test_unknown_precision_is_refused_and_leaves_the_policy():
     assert keras.mixed_precision.global_policy().name == "float32"
 
 
-def test_a_mixed_precision_trial_trains_with_a_finite_loss(tiny_skin):
+def test_a_mixed_precision_trial_trains_with_a_finite_loss(tiny_skin, trial_run):
     spec = load_spec("lenet_skin")
     assert spec.training["precision"] == "float32"  # the default, from studies/_defaults.toml
     spec = dataclasses.replace(spec, training={**spec.training, "precision": MIXED})
     problem = make_problem(spec, loader.load(spec.data, tiny_skin, 32))
     params = {k: v for k, v in spec.baselines[0].items() if k != "note"}
     with fresh_keras_session():
-        model, history, _ = fit(spec, problem, problem.config(params), epochs=1, seed=0)
+        model = run_trial(spec, problem, params, trial_run, epochs=1, seed=0).model
         assert type(model.optimizer).__name__ == "LossScaleOptimizer"
         assert model.layers[-1].compute_dtype == "float32"
+    history = trial_run.history
     assert np.isfinite(history["loss"][0]) and np.isfinite(history["val_loss"][0])
     assert keras.mixed_precision.global_policy().name == "float32"
 

@@ -19,7 +19,8 @@ def test_a_diverged_loss_fails_the_trial_with_its_epoch(bad):
     check_finite({"loss": [0.7, 0.6]})  # finite: no error
 
 
-def test_a_trial_has_no_per_batch_callback_and_stops_on_a_non_finite_loss(tiny_skin, monkeypatch):
+def test_a_trial_has_no_per_batch_callback_and_stops_on_a_non_finite_loss(tiny_skin, monkeypatch,
+                                                                       trial_run):
     """A callback with a batch hook makes Keras run every batch's callbacks in step with the
     device (on a GPU, a wait per batch that plain `fit` does not have)."""
     import keras
@@ -27,7 +28,8 @@ def test_a_trial_has_no_per_batch_callback_and_stops_on_a_non_finite_loss(tiny_s
     from datasets import loader
     from search.problems import make_problem
     from search.spec import load_spec
-    from search.training import StopOnNonFinite, fit, fresh_keras_session
+    from search.training import StopOnNonFinite, fresh_keras_session
+    from search.trial import run_trial
 
     seen = []
     original = keras.Model.fit
@@ -41,7 +43,7 @@ def test_a_trial_has_no_per_batch_callback_and_stops_on_a_non_finite_loss(tiny_s
     problem = make_problem(spec, loader.load(spec.data, tiny_skin, 32))
     params = {k: v for k, v in spec.baselines[0].items() if k != "note"}
     with fresh_keras_session():
-        fit(spec, problem, problem.config(params), epochs=1, seed=0)
+        run_trial(spec, problem, params, trial_run, epochs=1, seed=0)
     base = keras.callbacks.Callback
     assert seen and any(isinstance(c, StopOnNonFinite) for c in seen)
     for callback in seen:

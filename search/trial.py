@@ -1,0 +1,125 @@
+"""One trial, the same for every engine and for the export replay: build the configuration's
+model, train it (seeded; early stopping; stopped when stuck, diverged or NaN), score it on
+validation and log its artifacts.
+
+Engines decide which configurations run, for how many epochs, and what a trial's end means to
+them (`search.optuna_engine`, `search.keras_tuner_engine`); this module decides what a trial is.
+The trial owns its history: the MLflow run and the checkpoints read it, nothing keeps a copy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import keras
+
+from search.checkpoints import Checkpoint
+from search.problems import Classification, Segmentation
+from search.spec import StudySpec
+from search.stopping import Stuck, StuckOrDiverged
+from search.tracking import TrialRun
+from search.training import EpochLines, best_epoch, check_finite, compiled_model, fit
+
+# Loads earlier training into the compiled model (a checkpoint, or a Hyperband parent's
+# weights); returns the epochs it stands for and their history ({} when it has none).
+Restore = Callable[[keras.Model], tuple[int, Mapping[str, list[float]]]]
+
+
+@dataclass
+class TrialResult:
+    value: float  # the objective at the best epoch, whose weights the model holds
+    best_epoch: int  # 1-based, counting the epochs a resumed trial did before
+    model: keras.Model
+    best_so_far: bool  # beat every earlier trial of the study (the test split judges it later)
+
+
+class TrialHistory(keras.callbacks.Callback):
+    """Every epoch's metrics of one trial. Subscribers (the trial's MLflow run) see each epoch
+    as it ends; `first` is the epoch the trial continued from when earlier epochs have no
+    history here (a Hyperband promotion)."""
+
+    def __init__(self, subscribers: Sequence[TrialRun] = ()):
+        super().__init__()
+        self.values: dict[str, list[float]] = {}
+        self.subscribers = list(subscribers)
+        self.first = 0
+
+    def resume(self, epochs: int, earlier: Mapping[str, list[float]]) -> None:
+        self.values.clear()  # in place: subscribers follow this dict
+        self.values.update({k: list(v) for k, v in earlier.items()})
+        self.first = epochs - self.epochs
+        for subscriber in self.subscribers:
+            subscriber.resumed(earlier, self.epochs)
+
+    def on_epoch_end(self, epoch: int, logs: Mapping[str, float] | None = None) -> None:
+        for key, value in (logs or {}).items():
+            self.values.setdefault(key, []).append(float(value))
+        for subscriber in self.subscribers:
+            subscriber.log_epoch(epoch + 1, logs or {})  # MLflow steps: 1-based, as Keras prints
+
+    @property
+    def epochs(self) -> int:
+        return max((len(v) for v in self.values.values()), default=0)
+
+    def best(self, monitor: str) -> tuple[float, int]:
+        value, epoch = best_epoch(self.values[monitor])
+        return value, self.first + epoch
+
+
+def fixed_params(spec: StudySpec, problem: Classification | Segmentation,
+                 params: Mapping[str, Any], epochs: int) -> dict[str, Any]:
+    """What a trial's run records beside its searched params: the study file's fixed settings,
+    its epochs and the input shape the data gives."""
+    return {**spec.fixed, "epochs": epochs, "input_shape": problem.config(params)["input_shape"]}
+
+
+def run_trial(
+    spec: StudySpec,
+    problem: Classification | Segmentation,
+    params: Mapping[str, Any],
+    run: TrialRun,
+    *,
+    epochs: int,
+    seed: int,
+    restore: Restore | None = None,
+    checkpoint: Checkpoint | None = None,
+    pruning: keras.callbacks.Callback | None = None,
+    is_best: Callable[[float], bool] = lambda value: True,
+    verbose: bool = True,
+) -> TrialResult:
+    """Train `params` for up to `epochs` epochs and return the best epoch's value and model.
+
+    Raises `Stuck` (an Optuna TrialPruned) when the trial is stuck at chance, the pruner's
+    TrialPruned when `pruning` stops it, and `TrialFailed` when its loss diverged or became NaN.
+    `restore` continues earlier training; `checkpoint` saves epochs for a retry to resume.
+    """
+    config = problem.config(params)
+    history = TrialHistory(subscribers=[run])
+    run.follow(history.values)
+    keras.utils.set_random_seed(seed)  # before building: the same seed, the same start
+    model = compiled_model(spec, problem, config)
+    run.log_summary(model)
+    initial = 0
+    if restore is not None:
+        initial, earlier = restore(model)
+        history.resume(initial, earlier)
+    monitor = spec.objective
+    watch = StuckOrDiverged(monitor, problem.chance().get(monitor.removeprefix("val_")),
+                            spec.training)
+    lines = [EpochLines(run.name, epochs)] if verbose else []
+    val = fit(spec, problem, model, config, epochs=epochs, initial_epoch=initial, seed=seed,
+              callbacks=[history, *lines, *([checkpoint.callback(history.values)] if checkpoint
+                                             else []), watch],
+              pruning=pruning)
+    check_finite(history.values)
+    if watch.reason:  # its epochs are better spent on other trials
+        raise Stuck(watch.reason)
+
+    # The weights are the best epoch's (early stopping restored them): judge those.
+    value, epoch = history.best(monitor)
+    best_so_far = is_best(value)
+    problem.log_artifacts(run, model, val, config, epoch, best_so_far)
+    run.log_metrics({"trial.objective": value, "trial.best_epoch": epoch})
+    return TrialResult(value, epoch, model, best_so_far)
