@@ -19,6 +19,9 @@ OPTIMIZERS = {
     "sgd": keras.optimizers.SGD,
     "rmsprop": keras.optimizers.RMSprop,
 }
+# The study-file settings that training reads (compile_model here; the loss through the problem's
+# loss_and_metrics; batch_size through its datasets): `search.consumers` checks against them.
+TRAINING_SETTINGS = ("learning_rate", "optimizer", "loss", "batch_size")
 
 
 class TrialFailed(RuntimeError):
