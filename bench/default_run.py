@@ -211,7 +211,7 @@ def plain_for(task: str, data_dir: str, image_size: int | None, seconds: float) 
     import numpy as np
 
     from datasets import loader
-    from models import build_model
+    from models import build_model, settings_from
     from search.problems import make_problem
     from search.spec import baseline_params, load_spec
     from search.training import compile_model
@@ -221,7 +221,7 @@ def plain_for(task: str, data_dir: str, image_size: int | None, seconds: float) 
     problem = make_problem(spec, loader.load(spec.data, data_dir, size))
     config = problem.config(baseline_params(spec.baselines[0]))
     keras.utils.set_random_seed(0)
-    model = build_model(spec.model, config)
+    model = build_model(spec.model, **settings_from(spec.model, config))
     compile_model(model, config, *problem.loss_and_metrics(config))
     train, val = problem.datasets(config, seed=0)
 

@@ -143,14 +143,14 @@ def plain_fit(spec, problem, config: dict, epochs: int, seed: int) -> dict[str, 
     """A hand-written Keras script: same model, arrays, config, epochs and seed; no callbacks."""
     import keras
 
-    from models import build_model
+    from models import build_model, settings_from
     from models.losses import encode_targets
     from search.training import compile_model
 
     data = problem.data
     started = time.perf_counter()
     keras.utils.set_random_seed(seed)
-    model = build_model(spec.model, config)
+    model = build_model(spec.model, **settings_from(spec.model, config))
     compile_model(model, config, *problem.loss_and_metrics(config))
     built = time.perf_counter()
     x = data.x_train[..., None].astype("float32") / 255.0

@@ -99,14 +99,14 @@ def plain_fit(spec, problem, config: dict, epochs: int, seed: int) -> tuple[int,
     """A hand-written Keras script on the same arrays: (timed epochs, seconds)."""
     import keras
 
-    from models import build_model
+    from models import build_model, settings_from
     from models.losses import encode_targets
     from search.training import compile_model, precision_policy
 
     data = problem.data
     keras.utils.set_random_seed(seed)
     with precision_policy(spec.training["precision"]):
-        model = build_model(spec.model, config)
+        model = build_model(spec.model, **settings_from(spec.model, config))
         compile_model(model, config, *problem.loss_and_metrics(config))
     x = data.x_train[..., None].astype("float32") / 255.0
     y = encode_targets(data.y_train, config["loss"], data.n_classes)

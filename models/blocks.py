@@ -1,13 +1,13 @@
 """Layer blocks shared by the lab architectures, with the lab's regularization switches.
 
 Where each switch sits follows the lab sheets: batch norm right after a convolution (before the
-activation), spatial dropout after the activation (before pooling), dropout after the first two
-dense layers.
+activation), spatial dropout after the activation (before pooling), dropout after every hidden
+dense layer.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import keras
 from keras import layers
@@ -15,6 +15,8 @@ from keras import layers
 # Under mixed precision a float16 sigmoid saturates at 1 - 2**-11 and a float16 margin or loss
 # loses digits: output layers compute in float32 whatever the model's policy.
 OUTPUT_DTYPE = "float32"
+
+Widths = int | str | Sequence[int]  # dense widths as `parse_widths` reads them
 
 
 def conv_block(
@@ -42,38 +44,29 @@ def conv_block(
     return x
 
 
-def conv_switches(config: Mapping) -> dict:
-    """The regularization switches of `conv_block`, off unless the config turns them on."""
-    return {
-        "batch_norm": bool(config.get("batch_norm", False)),
-        "spatial_dropout": float(config.get("spatial_dropout", 0.0)),
-    }
-
-
 def dense_stack(x, widths: Sequence[int], *, dropout: float = 0.0, batch_norm: bool = False):
-    """Dense(w) -> [BN] -> ReLU for each width; dropout after the first two, as in the labs."""
-    for i, width in enumerate(widths):
+    """Dense(w) -> [BN] -> ReLU -> [Dropout] for each width."""
+    for width in widths:
         x = layers.Dense(width, use_bias=not batch_norm)(x)
         if batch_norm:
             x = layers.BatchNormalization()(x)
         x = layers.Activation("relu")(x)
-        if dropout > 0 and i < 2:
+        if dropout > 0:
             x = layers.Dropout(dropout)(x)
     return x
 
 
-def output_layer(x, config: Mapping):
+def output_layer(x, *, n_classes: int = 2, loss: str = "bce"):
     """The head the loss needs: sigmoid for BCE, linear for hinge, softmax for several classes.
     Always float32 (OUTPUT_DTYPE), also in a mixed-precision model."""
-    n_classes = int(config.get("n_classes", 2))
-    if config.get("loss", "bce") == "categorical" or n_classes > 2:
+    if loss == "categorical" or n_classes > 2:
         return layers.Dense(n_classes, activation="softmax", name="output", dtype=OUTPUT_DTYPE)(x)
     # Hinge wants a margin that can reach -1, which a sigmoid never does.
-    activation = "linear" if config.get("loss") == "hinge" else "sigmoid"
+    activation = "linear" if loss == "hinge" else "sigmoid"
     return layers.Dense(1, activation=activation, name="output", dtype=OUTPUT_DTYPE)(x)
 
 
-def parse_widths(value: int | str | Sequence[int]) -> list[int]:
+def parse_widths(value: Widths) -> list[int]:
     """Dense widths from a list, an int, or an Optuna-friendly string such as "128-64"."""
     if isinstance(value, str):
         try:
@@ -87,5 +80,5 @@ def parse_widths(value: int | str | Sequence[int]) -> list[int]:
     return [int(v) for v in value]
 
 
-def model_input(config: Mapping) -> keras.KerasTensor:
-    return keras.Input(shape=tuple(config["input_shape"]), name="image")
+def model_input(input_shape: Sequence[int]) -> keras.KerasTensor:
+    return keras.Input(shape=tuple(input_shape), name="image")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Sequence
 
 import keras
 from keras import layers
@@ -10,14 +10,16 @@ from keras import layers
 from models.blocks import dense_stack, model_input, output_layer
 
 
-def build_mlp(config: Mapping) -> keras.Model:
-    base = int(config["base"])
-    inputs = model_input(config)
+def build_mlp(
+    *,
+    input_shape: Sequence[int],
+    base: int,
+    n_classes: int = 2,
+    loss: str = "bce",
+    dropout: float = 0.0,
+    batch_norm: bool = False,
+) -> keras.Model:
+    inputs = model_input(input_shape)
     x = layers.Flatten()(inputs)
-    x = dense_stack(
-        x,
-        [base, base // 2, base // 4],
-        dropout=config.get("dropout", 0.0),
-        batch_norm=config.get("batch_norm", False),
-    )
-    return keras.Model(inputs, output_layer(x, config), name="mlp")
+    x = dense_stack(x, [base, base // 2, base // 4], dropout=dropout, batch_norm=batch_norm)
+    return keras.Model(inputs, output_layer(x, n_classes=n_classes, loss=loss), name="mlp")

@@ -9,7 +9,7 @@ medtune trained and registered in the MLflow Model Registry.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -109,11 +109,20 @@ def trained_base(model: keras.Model, identity: str) -> FeatureBase:
     return FeatureBase(base, prepare, identity, [])  # it takes [0, 1] images already
 
 
-def build_transfer_head(config: Mapping) -> keras.Model:
-    """The lab's head on cached features: Flatten -> Dense(128) -> Dropout(0.5) -> output."""
-    inputs = model_input(config)
+def build_transfer_head(
+    *,
+    input_shape: Sequence[int],
+    dense_units: int,
+    n_classes: int = 2,
+    loss: str = "bce",
+    dropout: float = 0.0,
+) -> keras.Model:
+    """The lab's head on cached features: Flatten -> Dense(128) -> Dropout(0.5) -> output.
+    No batch norm: the lab's head has none and no transfer study searches it."""
+    inputs = model_input(input_shape)
     x = layers.Flatten()(inputs)
-    x = layers.Dense(int(config["dense_units"]), activation="relu")(x)
-    if config.get("dropout", 0) > 0:
-        x = layers.Dropout(config["dropout"])(x)
-    return keras.Model(inputs, output_layer(x, config), name="transfer_head")
+    x = layers.Dense(dense_units, activation="relu")(x)
+    if dropout > 0:
+        x = layers.Dropout(dropout)(x)
+    return keras.Model(inputs, output_layer(x, n_classes=n_classes, loss=loss),
+                       name="transfer_head")

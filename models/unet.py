@@ -1,9 +1,11 @@
 """U-Net of Lab 3: encoder b, 2b, 4b, 8b (pool + [dropout] after each), bottleneck 16b,
-decoder Conv2DTranspose(stride 2) -> concatenate skip -> [dropout] -> conv block, 1x1 sigmoid."""
+decoder Conv2DTranspose(stride 2) -> concatenate skip -> [dropout] -> conv block, 1x1 sigmoid.
+
+It takes no loss: the mask is a sigmoid for every segmentation loss (bce, dice, bce_dice)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Sequence
 
 import keras
 from keras import layers
@@ -11,11 +13,14 @@ from keras import layers
 from models.blocks import OUTPUT_DTYPE, conv_block, model_input
 
 
-def build_unet(config: Mapping) -> keras.Model:
-    base = int(config["base"])
-    dropout = float(config.get("dropout", 0.0))
-    batch_norm = bool(config.get("batch_norm", False))
-    inputs = model_input(config)
+def build_unet(
+    *,
+    input_shape: Sequence[int],
+    base: int,
+    dropout: float = 0.0,
+    batch_norm: bool = False,
+) -> keras.Model:
+    inputs = model_input(input_shape)
 
     skips, x = [], inputs
     for multiple in (1, 2, 4, 8):

@@ -5,14 +5,14 @@ The last convolution is named `Last_ConvLayer` because Grad-CAM looks it up by t
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Sequence
 
 import keras
 from keras import layers
 
 from models.blocks import (
+    Widths,
     conv_block,
-    conv_switches,
     dense_stack,
     model_input,
     output_layer,
@@ -23,18 +23,23 @@ LAST_CONV = "Last_ConvLayer"
 BLOCKS = [(1, 2), (2, 2), (4, 3), (8, 3), (8, 3)]  # (width multiple, convolutions)
 
 
-def build_vgg16(config: Mapping) -> keras.Model:
-    base = int(config["base"])
-    switches = conv_switches(config)
-    inputs = model_input(config)
+def build_vgg16(
+    *,
+    input_shape: Sequence[int],
+    base: int,
+    dense_units: Widths,
+    n_classes: int = 2,
+    loss: str = "bce",
+    dropout: float = 0.0,
+    spatial_dropout: float = 0.0,
+    batch_norm: bool = False,
+) -> keras.Model:
+    inputs = model_input(input_shape)
     x = inputs
     for i, (multiple, n_convs) in enumerate(BLOCKS):
         last = LAST_CONV if i == len(BLOCKS) - 1 else None
-        x = conv_block(x, multiple * base, n_convs=n_convs, last_name=last, **switches)
+        x = conv_block(x, multiple * base, n_convs=n_convs, last_name=last,
+                       batch_norm=batch_norm, spatial_dropout=spatial_dropout)
     x = layers.Flatten()(x)
-    x = dense_stack(
-        x,
-        parse_widths(config["dense_units"]),
-        dropout=config.get("dropout", 0.0),
-    )
-    return keras.Model(inputs, output_layer(x, config), name="vgg16")
+    x = dense_stack(x, parse_widths(dense_units), dropout=dropout)
+    return keras.Model(inputs, output_layer(x, n_classes=n_classes, loss=loss), name="vgg16")

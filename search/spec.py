@@ -12,6 +12,7 @@ import optuna
 
 from datasets import catalog
 from search import schema
+from search.consumers import check_consumers
 
 DEFAULTS = "_defaults.toml"
 BASELINE_KEYS = ("note", "budgets")  # a baseline's keys that are not params
@@ -108,6 +109,9 @@ def _build(name: str, raw: dict, text: str) -> StudySpec:
         if when not in space or order.index(when) > order.index(param):
             raise ValueError(f"space.{param}: when = {when!r} must name a search dimension "
                              "listed before it")
+    # Baselines may set only search dimensions (below), so checking the space covers them.
+    check_consumers(raw["model"], raw.get("fixed", {}), "[fixed]")
+    check_consumers(raw["model"], space, "[space]")
     defaults = {k: v for k, v in raw.get("baseline_defaults", {}).items() if k in space}
     baselines = []
     for entry in raw.get("baselines", []):

@@ -11,7 +11,7 @@ import keras
 import tensorflow as tf
 from tqdm import tqdm
 
-from models import build_model
+from models import build_model, settings_from
 from search.spec import PRECISIONS
 
 OPTIMIZERS = {
@@ -19,6 +19,9 @@ OPTIMIZERS = {
     "sgd": keras.optimizers.SGD,
     "rmsprop": keras.optimizers.RMSprop,
 }
+# The study-file settings that training reads (compile_model here; the loss through the problem's
+# loss_and_metrics; batch_size through its datasets): `search.consumers` checks against them.
+TRAINING_SETTINGS = ("learning_rate", "optimizer", "loss", "batch_size")
 
 
 class TrialFailed(RuntimeError):
@@ -39,7 +42,7 @@ def compiled_model(spec, problem, config: Mapping) -> keras.Model:
     """The configuration's model, built in the study's precision and compiled with its loss,
     optimizer and metrics (for training, and to reload a trial's kept weights)."""
     with precision_policy(spec.training.get("precision", "float32")):
-        model = build_model(spec.model, config)
+        model = build_model(spec.model, **settings_from(spec.model, config))
         compile_model(model, config, *problem.loss_and_metrics(config))
     return model
 

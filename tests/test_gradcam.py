@@ -38,8 +38,8 @@ def test_the_peak_moves_with_the_planted_feature(row, col):
 
 
 def test_gradcam_on_the_lab_vgg16():
-    model = build_model("vgg16", {"input_shape": (32, 32, 1), "base": 2, "n_classes": 2,
-                                  "loss": "categorical", "dense_units": "8-8-8"})
+    model = build_model("vgg16", input_shape=(32, 32, 1), base=2, n_classes=2,
+                        loss="categorical", dense_units="8-8-8")
     images = np.random.default_rng(0).random((3, 32, 32, 1)).astype("float32")
     heat = gradcam(model, images)
     assert heat.shape == (3, 32, 32) and np.isfinite(heat).all()

@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import pytest
 
-from models import build_model
+from models import build_model, model_settings, settings_from
 from models.blocks import parse_widths
 from models.vgg16 import LAST_CONV
 
@@ -16,6 +16,11 @@ SWITCHES = list(itertools.product([False, True], [0.0, 0.1], [0.0, 0.4]))
 def config(**overrides):
     return {"input_shape": (32, 32, 1), "base": 4, "n_classes": 2, "loss": "bce",
             "dense_units": "16-8", **overrides}
+
+
+def build(name, **overrides):
+    """Model `name` from the shared test config, given only the settings it takes."""
+    return build_model(name, **settings_from(name, config(**overrides)))
 
 
 def count(model, layer_type):
@@ -28,8 +33,7 @@ CLASSIFIERS = ["alexnet", "lenet", "mlp", "vgg16"]
 @pytest.mark.parametrize("name", CLASSIFIERS)
 @pytest.mark.parametrize("batch_norm,spatial_dropout,dropout", SWITCHES)
 def test_builds_with_each_switch(name, batch_norm, spatial_dropout, dropout):
-    model = build_model(name, config(batch_norm=batch_norm, spatial_dropout=spatial_dropout,
-                                     dropout=dropout))
+    model = build(name, batch_norm=batch_norm, spatial_dropout=spatial_dropout, dropout=dropout)
     out = model(np.zeros((2, 32, 32, 1), "float32"))
     assert out.shape == (2, 1)
     n_convs = count(model, keras.layers.Conv2D)
@@ -38,14 +42,15 @@ def test_builds_with_each_switch(name, batch_norm, spatial_dropout, dropout):
     assert count(model, keras.layers.BatchNormalization) == expected_bn
     n_blocks = {"mlp": 0, "lenet": 2, "alexnet": 5, "vgg16": 5}[name]
     assert count(model, keras.layers.SpatialDropout2D) == (n_blocks if spatial_dropout else 0)
+    # Dropout after every hidden dense layer (dense_units "16-8": two).
     assert count(model, keras.layers.Dropout) - count(model, keras.layers.SpatialDropout2D) == (
-        min(2, {"mlp": 3, "lenet": 1, "alexnet": 2, "vgg16": 2}[name]) if dropout else 0
+        {"mlp": 3, "lenet": 1, "alexnet": 2, "vgg16": 2}[name] if dropout else 0
     )
 
 
 def test_conv_widths_follow_the_lab_tables():
     widths = {
-        name: [layer.filters for layer in build_model(name, config(base=8)).layers
+        name: [layer.filters for layer in build(name, base=8).layers
                if isinstance(layer, keras.layers.Conv2D)]
         for name in ("lenet", "alexnet", "vgg16")
     }
@@ -55,7 +60,7 @@ def test_conv_widths_follow_the_lab_tables():
 
 
 def test_vgg16_shape_and_last_conv_name():
-    model = build_model("vgg16", config(input_shape=(128, 128, 1), base=2))
+    model = build("vgg16", input_shape=(128, 128, 1), base=2)
     last = model.get_layer(LAST_CONV)
     assert last is [la for la in model.layers if isinstance(la, keras.layers.Conv2D)][-1]
     flatten = next(la for la in model.layers if isinstance(la, keras.layers.Flatten))
@@ -63,7 +68,7 @@ def test_vgg16_shape_and_last_conv_name():
 
 
 def test_mlp_widths():
-    model = build_model("mlp", config(base=64))
+    model = build("mlp", base=64)
     dense = [la.units for la in model.layers if isinstance(la, keras.layers.Dense)]
     assert dense == [64, 32, 16, 1]
 
@@ -72,7 +77,7 @@ def test_mlp_widths():
     ("bce", 2, 1, "sigmoid"), ("hinge", 2, 1, "linear"), ("categorical", 9, 9, "softmax"),
 ])
 def test_head_matches_the_loss(loss, n_classes, units, activation):
-    model = build_model("lenet", config(loss=loss, n_classes=n_classes))
+    model = build("lenet", loss=loss, n_classes=n_classes)
     head = model.get_layer("output")
     assert head.units == units and head.activation.__name__ == activation
 
@@ -87,13 +92,13 @@ def test_parse_widths():
 
 def test_unknown_model():
     with pytest.raises(ValueError, match="unknown model 'resnet'; known models: mlp"):
-        build_model("resnet", config())
+        build_model("resnet", **config())
 
 
 @pytest.mark.parametrize("batch_norm,dropout", [(False, 0.0), (True, 0.2)])
 def test_unet_shape_widths_and_switches(batch_norm, dropout):
-    model = build_model("unet", {"input_shape": (32, 32, 1), "base": 2,
-                                 "batch_norm": batch_norm, "dropout": dropout})
+    model = build_model("unet", input_shape=(32, 32, 1), base=2, batch_norm=batch_norm,
+                        dropout=dropout)
     assert model(np.zeros((1, 32, 32, 1), "float32")).shape == (1, 32, 32, 1)
     convs = [la.filters for la in model.layers if type(la) is keras.layers.Conv2D]
     assert convs == [2, 2, 4, 4, 8, 8, 16, 16, 32, 32, 16, 16, 8, 8, 4, 4, 2, 2, 1]
@@ -102,3 +107,31 @@ def test_unet_shape_widths_and_switches(batch_norm, dropout):
     assert count(model, keras.layers.BatchNormalization) == (18 if batch_norm else 0)
     assert count(model, keras.layers.Dropout) == (8 if dropout else 0)  # 4 down, 4 up
     assert model.get_layer("mask").activation.__name__ == "sigmoid"
+
+
+def test_every_hidden_dense_layer_gets_its_dropout():
+    model = build_model("mlp", input_shape=(32, 32, 1), base=4, dropout=0.3)
+    kinds = [type(la).__name__ for la in model.layers[2:]]  # after the input and Flatten
+    assert kinds == ["Dense", "Activation", "Dropout"] * 3 + ["Dense"]
+
+
+def test_an_unknown_setting_is_named_with_the_nearest_one():
+    with pytest.raises(ValueError, match=r"model 'mlp': unknown setting 'dropuot' \(did you mean "
+                                         r"'dropout'\?\); unknown setting 'spatial_dropout'"):
+        build_model("mlp", input_shape=(32, 32, 1), base=4, dropuot=0.1, spatial_dropout=0.1)
+
+
+def test_missing_settings_are_named():
+    with pytest.raises(ValueError, match="model 'alexnet': missing required settings base, "
+                                         "dense_units .it takes: base, batch_norm, dense_units"):
+        build_model("alexnet", input_shape=(32, 32, 1))
+
+
+def test_model_settings_come_from_the_builders():
+    assert model_settings("unet") == {"input_shape", "base", "dropout", "batch_norm"}
+    assert model_settings("transfer_head") == {"input_shape", "dense_units", "n_classes", "loss",
+                                               "dropout"}
+    assert settings_from("unet", config(dropout=0.1)) == {
+        "input_shape": (32, 32, 1), "base": 4, "dropout": 0.1}
+    with pytest.raises(ValueError, match="unknown model 'resnet'"):
+        model_settings("resnet")

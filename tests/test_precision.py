@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from datasets import loader
-from models import build_model
+from models import build_model, settings_from
 from search.problems import make_problem
 from search.spec import load_spec
 from search.training import fresh_keras_session, precision_policy
@@ -17,9 +17,10 @@ from search.trial import run_trial
 MIXED = "mixed_float16"
 
 
-def config(**overrides):
-    return {"input_shape": (32, 32, 1), "base": 4, "n_classes": 2, "loss": "bce",
-            "dense_units": "16-8", **overrides}
+def config(name, **overrides):
+    """Model `name`'s settings: a tiny shared config, less what the model does not take."""
+    return settings_from(name, {"input_shape": (32, 32, 1), "base": 4, "n_classes": 2,
+                                "loss": "bce", "dense_units": "16-8", **overrides})
 
 
 @pytest.mark.parametrize("name,overrides", [
@@ -30,7 +31,7 @@ def config(**overrides):
 ])
 def test_mixed_models_compute_in_float16_with_float32_outputs(name, overrides):
     with precision_policy(MIXED):
-        model = build_model(name, config(**overrides))
+        model = build_model(name, **config(name, **overrides))
     assert keras.mixed_precision.global_policy().name == "float32"
     convs = [la for la in model.layers if isinstance(la, keras.layers.Conv2D)]
     assert convs[0].compute_dtype == "float16" and convs[0].variable_dtype == "float32"
@@ -66,6 +67,6 @@ def test_gradcam_of_a_mixed_precision_model():
     from models.gradcam import gradcam
 
     with precision_policy(MIXED):
-        model = build_model("vgg16", config(n_classes=2, loss="categorical"))
+        model = build_model("vgg16", **config("vgg16", n_classes=2, loss="categorical"))
     maps = gradcam(model, np.random.default_rng(0).random((2, 32, 32, 1), "float32"))
     assert maps.shape == (2, 32, 32) and np.isfinite(maps).all()

@@ -3,6 +3,7 @@
 import optuna
 import pytest
 
+from search.consumers import AUGMENTATIONS
 from search.pruners import make_pruner
 from search.spec import active, load_spec, suggest, task_names
 
@@ -40,9 +41,9 @@ def test_unknown_task_lists_the_known_ones():
         load_spec("vgg_brain")
 
 
-def write_study(tmp_path, text, name="mine.toml"):
+def write_study(tmp_path, text, name="mine.toml", model="lenet"):
     path = tmp_path / name
-    path.write_text('description = "test"\nmodel = "lenet"\ndata = "skin"\n' + text)
+    path.write_text(f'description = "test"\nmodel = "{model}"\ndata = "skin"\n' + text)
     return str(path)
 
 
@@ -78,13 +79,13 @@ bsae = 8
 def test_space_types_follow_the_toml_values(tmp_path):
     spec = load_spec(write_study(tmp_path, """
 [space]
-units = { low = 1, high = 5 }
-rate = { low = 0.0, high = 0.5 }
-act = { choices = ["relu", "tanh"] }
+base = { low = 1, high = 5 }
+dropout = { low = 0.0, high = 0.5 }
+optimizer = { choices = ["adam", "sgd"] }
 """))
-    assert isinstance(spec.space["units"], optuna.distributions.IntDistribution)
-    assert isinstance(spec.space["rate"], optuna.distributions.FloatDistribution)
-    assert spec.space["act"].choices == ("relu", "tanh")
+    assert isinstance(spec.space["base"], optuna.distributions.IntDistribution)
+    assert isinstance(spec.space["dropout"], optuna.distributions.FloatDistribution)
+    assert spec.space["optimizer"].choices == ("adam", "sgd")
 
 
 def test_empty_range_is_refused(tmp_path):
@@ -109,6 +110,45 @@ lower = 0.9
     assert isinstance(make_pruner(spec.pruner), optuna.pruners.ThresholdPruner)
     with pytest.raises(ValueError, match="unknown pruner 'magic'"):
         make_pruner({"type": "magic"})
+
+
+SPACE_MLP = "[space]\nbase = { choices = [8] }\n"
+
+
+def test_a_searched_setting_the_model_ignores_is_refused(tmp_path):
+    path = write_study(tmp_path, SPACE_MLP + "spatial_dropout = { low = 0.0, high = 0.2 }\n",
+                       model="mlp")
+    with pytest.raises(ValueError) as error:
+        load_spec(path)
+    assert str(error.value) == (
+        f"study file {path}: [space] spatial_dropout is not used by model 'mlp' (it takes: "
+        "base, batch_norm, dropout, loss), nor by training (learning_rate, optimizer, loss, "
+        "batch_size) or data (batch_size, augment, aug_rotation, aug_shift, aug_zoom, "
+        "aug_flip, aug_brightness, aug_contrast); remove it or use a model that takes it: "
+        "lenet, alexnet, vgg16")
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ('[fixed]\ndense_units = "64-64"\n', "[fixed] dense_units is not used by model 'mlp'"),
+    ("[fixed]\nbatchnorm = true\n", "; did you mean 'batch_norm'?"),
+    ("[fixed]\nwidth = 3\n", "; remove it"),
+    ("[fixed]\nn_classes = 3\n", "[fixed] n_classes comes from the data, not from a study"),
+    ("aug_blur = { low = 0.0, high = 0.1 }\n", "[space] aug_blur is not used by model 'mlp'"),
+])
+def test_fixed_and_searched_settings_need_a_consumer(tmp_path, text, expected):
+    path = write_study(tmp_path, SPACE_MLP + text, model="mlp")  # [space] first: aug_blur
+    with pytest.raises(ValueError) as error:
+        load_spec(path)
+    assert str(error.value).startswith(f"study file {path}: ") and expected in str(error.value)
+
+
+def test_the_named_augmentations_are_what_the_pipeline_reads():
+    from datasets.pipeline import geometric_layers, intensity_layers
+
+    for name in AUGMENTATIONS:
+        value = "horizontal" if name == "flip" else 0.1
+        stacks = geometric_layers({name: value}, 0), intensity_layers({name: value}, 0)
+        assert any(stack is not None for stack in stacks), f"the augmenter ignores {name}"
 
 
 def test_augmentation_ranges_are_searched_only_with_augment(tmp_path):
@@ -232,7 +272,7 @@ def test_wrong_values_are_named(tmp_path, text, expected):
 def test_fixed_settings_and_optuna_arguments_pass(tmp_path):
     spec = load_spec(write_study(tmp_path, SPACE + """
 [fixed]
-anything = "the model checks it"
+spatial_dropout = 0.1
 [sampler]
 type = "random"
 [pruner]
@@ -240,7 +280,7 @@ type = "percentile"
 percentile = 25.0
 n_warmup_steps = 1
 """))
-    assert spec.fixed == {"anything": "the model checks it"}
+    assert spec.fixed == {"spatial_dropout": 0.1}
     assert spec.sampler == {"type": "random"}
     assert isinstance(make_pruner(spec.pruner), optuna.pruners.PercentilePruner)
 

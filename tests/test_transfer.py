@@ -59,8 +59,8 @@ def test_missing_imagenet_weights_say_how_to_provide_them(workdir, tiny_skin, mo
 def test_registered_medtune_vgg16_as_the_base(workdir, tiny_course):
     uri = f"sqlite:///{workdir}/mlflow.db"
     mlflow.set_tracking_uri(uri)
-    model = build_model("vgg16", {"input_shape": (32, 32, 1), "base": 2, "n_classes": 2,
-                                  "loss": "bce", "dense_units": "8-8"})
+    model = build_model("vgg16", input_shape=(32, 32, 1), base=2, n_classes=2, loss="bce",
+                        dense_units="8-8")
     signature = mlflow.models.infer_signature(
         np.zeros((1, 32, 32, 1), "float32"), np.zeros((1, 1), "float32"))
     with mlflow.start_run(experiment_id=mlflow.create_experiment("registry")):
@@ -77,8 +77,8 @@ def test_end_to_end_model_matches_features_then_head(weights_file):
     """The exported transfer model (base + head) predicts what the head does on cached
     features: the preprocessing as layers equals `prepare`."""
     base = imagenet_base(32, str(weights_file))
-    head = build_model("transfer_head", {"input_shape": base.model.output_shape[1:],
-                                         "dense_units": 8, "n_classes": 2, "loss": "bce"})
+    head = build_model("transfer_head", input_shape=base.model.output_shape[1:], dense_units=8,
+                       n_classes=2, loss="bce")
     images = np.random.default_rng(0).integers(0, 256, (3, 32, 32), dtype="uint8")
     expected = head.predict(base.features(images), verbose=0)
     joined = base.end_to_end(head).predict(images[..., None] / 255.0, verbose=0)
