@@ -71,6 +71,9 @@ def parser() -> argparse.ArgumentParser:
     tune.add_argument("--epochs", type=_optional(_whole), help="max epochs per trial")
     tune.add_argument("--epoch-budget", type=_optional(_whole),
                       help="stop once all trials together have trained this many epochs")
+    tune.add_argument("--refit-epochs", type=_optional(_whole), default=0,
+                      help="when the study ends, continue its best trial to N epochs under early "
+                           "stopping (the champion, if it beats the trial on validation; 0: no)")
     tune.add_argument("--image-size", type=_optional(_whole), help="square input size in pixels")
     tune.add_argument("--data-dir", type=_optional(str),
                       help="course data folder, its data set folder, or a MedMNIST .npz "
@@ -170,7 +173,7 @@ def _tune(args: argparse.Namespace, spec, argv: list[str]) -> int:
         spec, budget=args.budget, study_name=args.study, storage=args.storage,
         data_dir=args.data_dir, seed=args.seed, n_trials=args.n_trials, timeout=args.timeout,
         epochs=args.epochs, image_size=args.image_size, base=args.base, engine=args.engine,
-        epoch_budget=args.epoch_budget,
+        epoch_budget=args.epoch_budget, refit_epochs=args.refit_epochs,
     )
     gpus = _plan_gpus(args)
     print(
@@ -242,8 +245,9 @@ def _worker_envs(gpus: list[str | None], base: dict[str, str]) -> list[dict[str,
 
 
 def _worker_argv(argv: list[str]) -> list[str]:
-    """This command without --workers and --gpus: what each worker runs."""
-    flags = ("--workers", "--gpus")
+    """This command without --workers, --gpus and --refit-epochs: what each worker runs (the
+    refit runs once, in this process, when the workers are done)."""
+    flags = ("--workers", "--gpus", "--refit-epochs")
     return [a for i, a in enumerate(argv)
             if a not in flags and (i == 0 or argv[i - 1] not in flags)
             and not a.startswith(tuple(f"{f}=" for f in flags))]
@@ -319,7 +323,7 @@ def _dashboard(args: argparse.Namespace) -> int:
 def _print_summary(study, tracker, objective: str, target: int, seconds: float) -> None:
     import optuna
 
-    from search.holdout import TEST_ATTR
+    from search.holdout import REFIT_ATTR, TEST_ATTR
     from search.limits import COUNTED, counted_trials
 
     TS = optuna.trial.TrialState
@@ -338,11 +342,20 @@ def _print_summary(study, tracker, objective: str, target: int, seconds: float) 
         for key, value in best.params.items():
             print(f"  {key:16} {value}")
         print(f"best trial's MLflow run: {best.user_attrs.get('mlflow_run_id')}")
+        refit = study.user_attrs.get(REFIT_ATTR)
+        if refit and refit["trial"] == best.number:
+            print(f"refit of trial #{best.number} from epoch {refit['from_epoch']} to "
+                  f"{refit['epochs']}: {objective} {refit['value']:.4f} at epoch "
+                  f"{refit['best_epoch']} ("
+                  + ("the champion" if refit["champion"] else
+                     "not above the trial's: the trial's weights stay the champion") + ")")
         test = study.user_attrs.get(TEST_ATTR)
         if test and test["trial"] == best.number:  # judged once, never used to select
-            print(f"best trial on the test split ({test['n_test']} images, never used to "
-                  f"select): " + ", ".join(f"{k} {v:.4f}" for k, v in test.items()
-                                          if k.startswith("test_") and k != "test_loss"))
+            which = "refit" if test.get("model") == "refit" else "best trial"
+            scores = ", ".join(f"{k} {v:.4f}" for k, v in test.items()
+                               if k.startswith("test_") and k != "test_loss")
+            print(f"{which} on the test split ({test['n_test']} images, never used to select): "
+                  + scores)
     print(f"study's MLflow run:      {tracker.parent_run_id} "
           f"(experiment {tracker.experiment_id})")
     print(f"look at it:              {tracker.ui_hint()}")

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import optuna
 
 from datasets import features, loader
+from search.holdout import REFIT_ATTR, refit_file
 from search.manifest import package_versions
 from search.predictor import preprocessing
 from search.problems import make_problem
@@ -65,6 +66,17 @@ def best_trial(study_name: str, storage: str) -> tuple[optuna.Study, optuna.tria
         ) from None
 
 
+def _take_refit(model, study: optuna.Study, trial: int, storage: str) -> bool:
+    """Load the refit's weights into the replayed model when the study's refit of this trial
+    beat it on validation (`medtune tune --refit-epochs`) and its weights are on this machine."""
+    refit = study.user_attrs.get(REFIT_ATTR)
+    path = refit_file(storage, study.study_name)
+    if not (refit and refit["trial"] == trial and refit["champion"] and path.is_file()):
+        return False
+    model.load_weights(path)
+    return True
+
+
 def export_best(
     study_name: str,
     storage: str,
@@ -112,6 +124,8 @@ def export_best(
                 "Has the data or the code changed since the study ran? Re-run the study, or "
                 "raise --tolerance if this variation is expected."
             )
+        if _take_refit(model, study, best.number, storage):  # the champion: trial + refit
+            run.log_metrics({"refit_value": study.user_attrs[REFIT_ATTR]["value"]})
         if base is not None:
             model = base.end_to_end(model)
         kind = "segmentation" if data.layout == "pairs" else "classification"

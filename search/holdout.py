@@ -19,10 +19,16 @@ from search.checkpoints import study_folder
 from search.training import compiled_model, fresh_keras_session
 
 TEST_ATTR = "medtune_test"
+REFIT_ATTR = "medtune_refit"  # the champion's refit (`search.refit`): trial, epochs, values
 
 
 def weights_file(storage: str, study: str, number: int) -> Path:
     return study_folder(storage, study) / f"best-t{number:04d}.weights.h5"
+
+
+def refit_file(storage: str, study: str) -> Path:
+    """The champion's weights when a refit beat its trial (`search.refit`)."""
+    return study_folder(storage, study) / "refit.weights.h5"
 
 
 def keep_best(model: keras.Model, storage: str, study: optuna.Study, number: int) -> None:
@@ -39,19 +45,26 @@ def _number(path: Path) -> int:
     return int(path.name.removeprefix("best-t").split(".")[0])
 
 
-def judge_best(spec, problem, study: optuna.Study, storage: str) -> dict[str, Any] | None:
-    """The best trial's model scored on the test split (every compiled metric), recorded on
-    the study; None when the data has no test split or the weights are not on this machine."""
+def judge_best(spec, problem, study: optuna.Study, storage: str,
+               refit: dict[str, Any] | None = None) -> dict[str, Any] | None:
+    """The study's pick scored on the test split (every compiled metric), recorded on the
+    study: the best trial's model, or its refit when the refit beat it on validation (`refit`,
+    from `search.refit`). None when the data has no test split or the weights are not on this
+    machine."""
     if not hasattr(problem, "test_dataset") or "x_test" not in problem.data.extra:
         return None
     try:
         best = study.best_trial
     except ValueError:  # no completed trial
         return None
+    refitted = bool(refit and refit["trial"] == best.number and refit["champion"])
+    model_kind = "refit" if refitted else "trial"
     recorded = study.user_attrs.get(TEST_ATTR)
-    if recorded and recorded.get("trial") == best.number:
-        return recorded  # judged once: a continued study with the same best is not rescored
-    path = weights_file(storage, study.study_name, best.number)
+    if (recorded and recorded.get("trial") == best.number
+            and recorded.get("model", "trial") == model_kind):
+        return recorded  # judged once: a continued study with the same pick is not rescored
+    path = (refit_file(storage, study.study_name) if refitted
+            else weights_file(storage, study.study_name, best.number))
     if not path.is_file():
         return None
     config = problem.config(best.params)
@@ -59,7 +72,8 @@ def judge_best(spec, problem, study: optuna.Study, storage: str) -> dict[str, An
         model = compiled_model(spec, problem, config)
         model.load_weights(path)
         scores = model.evaluate(problem.test_dataset(config), return_dict=True, verbose=0)
-    result = {"trial": best.number, "n_test": len(problem.data.extra["y_test"]),
+    result = {"trial": best.number, "model": model_kind,
+              "n_test": len(problem.data.extra["y_test"]),
               **{f"test_{k}": float(v) for k, v in scores.items()}}
     study.set_user_attr(TEST_ATTR, result)
     return result

@@ -28,7 +28,7 @@ from search.limits import counted_trials, epochs_spent
 from search.objective import improves
 from search.spec import StudySpec
 from search.stopping import Stuck
-from search.tracking import TrialRun
+from search.tracking import TrialRecord, TrialRun
 from search.training import compiled_model, fresh_keras_session
 from search.trial import Restore, fixed_params, run_trial
 
@@ -73,19 +73,16 @@ def _define(hp: keras_tuner.HyperParameters, name: str, dist) -> Any:
     return hp.Float(name, dist.low, dist.high, step=dist.step, sampling=sampling)
 
 
-class _Recorded:
-    """A Keras Tuner trial as `StudyTracker.trial_run` needs it (a number, user attributes), and
-    then as the Optuna study records it."""
+class _Recorded(TrialRecord):
+    """A Keras Tuner trial as `StudyTracker.trial_run` needs it, then as the Optuna study
+    records it."""
 
     def __init__(self, number: int, params: dict[str, Any]):
-        self.number, self.params = number, params
-        self.user_attrs: dict[str, Any] = {}
+        super().__init__(number)
+        self.params = params
         self.run: TrialRun | None = None
         self.state, self.value = TS.FAIL, None
         self.started = time.monotonic()
-
-    def set_user_attr(self, key: str, value: Any) -> None:
-        self.user_attrs[key] = value
 
     def end(self, state: optuna.trial.TrialState, value: float | None) -> None:
         self.state, self.value = state, value

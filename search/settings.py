@@ -28,6 +28,7 @@ class TuneSettings:
     base: str | None = None  # transfer tasks: ImageNet weights file, or a models:/ URI
     engine: str = DEFAULT_ENGINE  # a name in `search.engines.ENGINES`
     epoch_budget: int | None = None  # stop once the study's trials have trained this many epochs
+    refit_epochs: int = 0  # when the study ends, continue its best trial to this many epochs
 
 
 def resolve_settings(
@@ -45,6 +46,7 @@ def resolve_settings(
     base: str | None = None,
     engine: str = DEFAULT_ENGINE,
     epoch_budget: int | None = None,
+    refit_epochs: int = 0,
 ) -> TuneSettings:
     get_engine(engine)  # a known one
     if budget not in spec.budget:
@@ -66,6 +68,7 @@ def resolve_settings(
         base=base or None,
         engine=engine,
         epoch_budget=epoch_budget or None,
+        refit_epochs=refit_epochs or 0,
     )
     for name in ("n_trials", "epochs", "image_size"):
         if getattr(settings, name) < 1:
@@ -73,6 +76,8 @@ def resolve_settings(
     if settings.image_size < 32 and spec.model in ("alexnet", "vgg16"):
         raise ValueError(f"image_size {settings.image_size} is too small for {spec.model}: "
                          "its pooling needs at least 32 pixels")
+    if settings.refit_epochs < 0:
+        raise ValueError(f"refit_epochs must be >= 0 (0: no refit), got {settings.refit_epochs}")
     if settings.timeout is not None and settings.timeout < 0:
         raise ValueError(f"timeout must be seconds >= 0 (0: no limit), got {settings.timeout}")
     return settings

@@ -15,6 +15,7 @@ from search.manifest import manifest
 from search.problems import make_problem
 from search.pruners import make_pruner, make_sampler
 from search.recovery import JOURNAL, Recovery
+from search.refit import refit_best
 from search.settings import TuneSettings
 from search.spec import StudySpec, baseline_params
 from search.tracking import DataRecord, StudyTracker, load_registered_model
@@ -166,7 +167,13 @@ def run_study(
     try:
         engine.search(StudyRun(spec, settings, study, problem, tracker, recovery, guard,
                                verbose, show_progress_bar))
-        holdout.judge_best(spec, problem, study, settings.storage)
+        if guard is not None and guard.exceeded:
+            return study, tracker  # restarting with fresh memory: the study goes on
+        refit = None
+        if settings.refit_epochs:
+            refit = refit_best(spec, problem, study, tracker, settings.storage,
+                               settings.refit_epochs, verbose=verbose)
+        holdout.judge_best(spec, problem, study, settings.storage, refit)
     except BaseException:
         status = "KILLED"  # interrupted: keep what was logged, end the parent as killed
         raise

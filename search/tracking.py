@@ -40,7 +40,7 @@ from mlflow.tracking import MlflowClient
 
 from search import plots
 from search.devices import device_tag
-from search.holdout import TEST_ATTR
+from search.holdout import REFIT_ATTR, TEST_ATTR
 from search.stopping import Stuck
 from search.urls import mask_password
 from search.worker import owner_alive, owner_id, resident_mb
@@ -203,6 +203,18 @@ class TrialRun:
         self.client.set_tag(self.run_id, "resumed_from_epoch", str(epochs))
 
 
+class TrialRecord:
+    """A trial that is not an Optuna trial (a Keras Tuner trial, the champion's refit), as
+    `StudyTracker.trial_run` needs it: a number and user attributes."""
+
+    def __init__(self, number: int):
+        self.number = number
+        self.user_attrs: dict[str, Any] = {}
+
+    def set_user_attr(self, key: str, value: Any) -> None:
+        self.user_attrs[key] = value
+
+
 class StudyTracker:
     """The parent run of one Optuna study and the child runs of its trials."""
 
@@ -268,20 +280,21 @@ class StudyTracker:
 
     @contextmanager
     def trial_run(
-        self, trial: optuna.Trial, params: Mapping[str, Any], fixed: Mapping[str, Any]
+        self, trial: optuna.Trial | TrialRecord, params: Mapping[str, Any],
+        fixed: Mapping[str, Any], *, name: str | None = None, kind: str = "trial",
     ) -> Iterator[TrialRun]:
         """A child run for `trial`; ends FINISHED, KILLED (pruned) or FAILED (with the error)."""
         tags = {
             "mlflow.parentRunId": self.parent_run_id,
             "medtune.study": self.study_name,
-            "medtune.kind": "trial",
+            "medtune.kind": kind,
             "medtune.trial_number": str(trial.number),
             "medtune.device": device_tag(),
         }
         note = trial.user_attrs.get("baseline")
         if note:
             tags["medtune.baseline"] = note
-        name = f"{self.study_name}-t{trial.number:04d}"  # unique across studies and restarts
+        name = name or f"{self.study_name}-t{trial.number:04d}"  # unique in the experiment
         run_id = self.client.create_run(self.experiment_id, run_name=name, tags=tags).info.run_id
         trial.set_user_attr("mlflow_run_id", run_id)
         log_params(self.client, run_id, {**fixed, **params})
@@ -365,7 +378,12 @@ class StudyTracker:
             test = study.user_attrs.get(TEST_ATTR)
             if test and test["trial"] == best.number:  # the test split, judged once at the end
                 metrics |= {k: v for k, v in test.items() if k.startswith("test_")}
-                tags["test_trial"] = str(test["trial"])
+                tags |= {"test_trial": str(test["trial"]), "test_model": test.get("model", "trial")}
+            refit = study.user_attrs.get(REFIT_ATTR)
+            if refit and refit["trial"] == best.number:
+                metrics["refit_value"] = refit["value"]
+                tags |= {"refit_run_id": refit.get("run_id") or "",
+                         "champion": "refit" if refit["champion"] else "trial"}
             self.client.log_dict(
                 self.parent_run_id,
                 {"trial": best.number, "value": best.value, "params": best.params},

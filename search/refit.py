@@ -1,0 +1,66 @@
+"""Champion training: when a study ends, its best configuration continues from its kept weights
+(its best epoch's) up to `--refit-epochs`, under early stopping, as the lab trains its chosen
+recipe. The search judged configurations at the epochs the scheduler gave them; the champion
+gets the lab's full training.
+
+The refit is a child run of the study (`<study>-refit`). It is the champion only if it beats
+the trial it started from on validation; the test split then judges it (`search.holdout`), and
+`medtune export` registers it. Nothing here looks at the test split.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+import optuna
+
+from search import holdout
+from search.holdout import REFIT_ATTR
+from search.problems import Classification, Segmentation
+from search.spec import StudySpec
+from search.tracking import StudyTracker, TrialRecord
+from search.training import fresh_keras_session
+from search.trial import fixed_params, run_trial
+
+
+def refit_best(spec: StudySpec, problem: Classification | Segmentation, study: optuna.Study,
+               tracker: StudyTracker, storage: str, epochs: int, *,
+               verbose: bool = True) -> dict[str, Any] | None:
+    """Continue the best trial to `epochs`; None when there is nothing to continue (no
+    completed trial, its weights not on this machine, or it already trained that long)."""
+    try:
+        best = study.best_trial
+    except ValueError:
+        return None
+    done = study.user_attrs.get(REFIT_ATTR)
+    if done and done["trial"] == best.number and done["epochs"] == epochs:
+        return done  # refitted already: a continued study with the same best is not retrained
+    kept = holdout.weights_file(storage, study.study_name, best.number)
+    start = best.user_attrs.get("best_epoch", 0)
+    if not kept.is_file() or start >= epochs:
+        return None
+
+    def restore(model: keras.Model) -> tuple[int, dict]:
+        model.load_weights(kept)
+        return start, {}
+
+    seed = best.user_attrs.get("seed", best.number)
+    fixed = {**fixed_params(spec, problem, best.params, epochs), "refit_of_trial": best.number,
+             "initial_epoch": start}
+    record = TrialRecord(best.number)
+    with tracker.trial_run(record, best.params, fixed, name=f"{study.study_name}-refit",
+                           kind="refit") as run, fresh_keras_session():
+        result = run_trial(spec, problem, best.params, run, epochs=epochs, seed=seed,
+                           restore=restore, is_best=lambda value: value > best.value,
+                           verbose=verbose)
+        champion = result.best_so_far  # else the trial's own weights stay the champion
+        if champion:
+            result.model.save_weights(holdout.refit_file(storage, study.study_name))
+        run.log_metrics({"refit.trial_value": best.value, "refit.champion": float(champion)})
+    outcome = {"trial": best.number, "epochs": epochs, "from_epoch": start,
+               "trial_value": best.value, "value": result.value,
+               "best_epoch": result.best_epoch, "champion": champion,
+               "run_id": record.user_attrs.get("mlflow_run_id")}
+    study.set_user_attr(REFIT_ATTR, outcome)
+    return outcome
