@@ -99,6 +99,7 @@ def plain_fit(spec, problem, config: dict, epochs: int, seed: int) -> tuple[int,
     """A hand-written Keras script on the same arrays: (timed epochs, seconds)."""
     import keras
 
+    from datasets.images import unit_range
     from models import build_model
     from models.losses import encode_targets
     from search.training import compile_model, precision_policy
@@ -108,9 +109,9 @@ def plain_fit(spec, problem, config: dict, epochs: int, seed: int) -> tuple[int,
     with precision_policy(spec.training["precision"]):
         model = build_model(spec.model, config)
         compile_model(model, config, *problem.loss_and_metrics(config))
-    x = data.x_train[..., None].astype("float32") / 255.0
+    x = unit_range(data.x_train[..., None])
     y = encode_targets(data.y_train, config["loss"], data.n_classes)
-    val = (data.x_val[..., None].astype("float32") / 255.0,
+    val = (unit_range(data.x_val[..., None]),
            encode_targets(data.y_val, config["loss"], data.n_classes))
     with clocked_fit() as clocks:
         model.fit(x, y, batch_size=BATCH, epochs=epochs, validation_data=val, shuffle=True,
