@@ -231,7 +231,8 @@ def run(args: argparse.Namespace) -> common.Result:
     pair_rows, part_rows, notes = [], [], []
     for task in budget["tasks"]:
         spec = common.every_epoch(load_spec(task))
-        data = loader.load(spec.data, data_dir, size)  # decodes or warms the cache: untimed
+        # decodes or warms the cache: untimed
+        data = loader.load(spec.data, data_dir, size, split=spec.split, synthetic=spec.synthetic)
         problem = make_problem(spec, data)
         params = baseline_params(spec)
         config = problem.config(params)

@@ -161,7 +161,8 @@ def run(args: argparse.Namespace) -> common.Result:
     data_dir = str(common.synthetic_skin(args.work_dir / "data", n_train=budget["n_train"],
                                          n_val=budget["n_val"], size=size, seed=1))
     spec = bench_spec(args.precision)
-    data = loader.load(spec.data, data_dir, size)  # decodes or warms the cache: untimed
+    # decodes or warms the cache: untimed
+    data = loader.load(spec.data, data_dir, size, split=spec.split, synthetic=spec.synthetic)
     problem = make_problem(spec, data)
     params = {k: v for k, v in spec.baselines[0].items() if k != "note"}
     config = problem.config(params)

@@ -19,8 +19,8 @@ same content. Every image has its own random stream, ``default_rng([seed, set, s
 so the same seed gives byte-identical files regardless of write order, and no global random
 state is touched.
 
-``ensure(name, root, **kwargs)`` writes a set once, atomically, into a folder whose name spells
-out every setting (see ``set_folder``), e.g.
+``ensure(name, root, **settings)`` writes a set once, atomically, into a folder whose name spells
+out every setting (see ``set_folder``; a study's ``[synthetic.<name>]`` gives them), e.g.
 ``root/skin-n_train1000-n_val200-size128-seed0-v2/Lab2/Skin``.
 """
 
@@ -658,9 +658,7 @@ def _write_class_folders(
     return out
 
 
-def write_skin(
-    root: Path, *, n_train: int = 1000, n_val: int = 200, size: int = 128, seed: int = 0
-) -> Path:
+def write_skin(root: Path, *, n_train: int, n_val: int, size: int, seed: int) -> Path:
     """Write the synthetic skin-lesion set (Mel / Nevi); returns ``root/Lab2/Skin``."""
     splits = {"train": _check(n_train, "n_train", 2), "validation": _check(n_val, "n_val", 2)}
     size, seed = _check(size, "size", 16), _check(seed, "seed", 0)
@@ -668,9 +666,7 @@ def write_skin(
     return _write_class_folders("skin", out, splits, SKIN_CLASSES, size, seed, render_skin)
 
 
-def write_bone(
-    root: Path, *, n_train: int = 1000, n_val: int = 200, size: int = 128, seed: int = 0
-) -> Path:
+def write_bone(root: Path, *, n_train: int, n_val: int, size: int, seed: int) -> Path:
     """Write the synthetic femur-fracture set (AFF / NFF); returns ``root/Lab2/Bone``."""
     splits = {"train": _check(n_train, "n_train", 2), "validation": _check(n_val, "n_val", 2)}
     size, seed = _check(size, "size", 16), _check(seed, "seed", 0)
@@ -678,9 +674,7 @@ def write_bone(
     return _write_class_folders("bone", out, splits, BONE_CLASSES, size, seed, render_bone)
 
 
-def write_xray9(
-    root: Path, *, n_train: int = 1800, n_test: int = 450, size: int = 128, seed: int = 0
-) -> Path:
+def write_xray9(root: Path, *, n_train: int, n_test: int, size: int, seed: int) -> Path:
     """Write the synthetic nine-organ X-ray set; returns ``root/Lab1/X_ray``.
 
     Files are ``{train,test}/C{k}_{i}.png``, classes round-robin (balanced); ``i`` runs on
@@ -703,7 +697,7 @@ def write_xray9(
     return out
 
 
-def write_lungs(root: Path, *, n_pairs: int = 234, size: int = 128, seed: int = 0) -> Path:
+def write_lungs(root: Path, *, n_pairs: int, size: int, seed: int) -> Path:
     """Write synthetic chest X-rays with lung masks; returns ``root/Lab3/X_ray``.
 
     ``Image/Im{i}.png`` and ``Mask/Im{i}.png`` (i = 1..n_pairs) share their file name.
@@ -734,14 +728,22 @@ GENERATORS: dict[str, Callable[..., Path]] = {
 # ---------------------------------------------------------------------------------- ensure
 
 
-def settings(name: str, **kwargs: int) -> dict[str, int]:
-    """All settings of generator `name` with defaults filled in (unknown names raise)."""
+def setting_names(name: str) -> tuple[str, ...]:
+    """The settings generator `name` takes (its keyword arguments), in folder-name order; their
+    values are a study's `[synthetic.<name>]` (studies/_defaults.toml)."""
     if name not in GENERATORS:
         raise ValueError(f"unknown synthetic set {name!r}; known: {', '.join(GENERATORS)}")
+    parameters = inspect.signature(GENERATORS[name]).parameters.values()
+    return tuple(p.name for p in parameters if p.kind == p.KEYWORD_ONLY)
+
+
+def settings(name: str, **kwargs: int) -> dict[str, int]:
+    """Every setting of generator `name`, in folder-name order; a missing or unknown one raises
+    (TypeError)."""
+    names = setting_names(name)
     signature = inspect.signature(GENERATORS[name])
     bound = signature.bind(Path("."), **kwargs)  # TypeError on a setting the set doesn't have
-    bound.apply_defaults()
-    return {k: operator.index(v) for k, v in bound.arguments.items() if k != "root"}
+    return {k: operator.index(bound.arguments[k]) for k in names}
 
 
 def set_folder(name: str, **kwargs: int) -> str:
