@@ -218,7 +218,8 @@ def plain_for(task: str, data_dir: str, image_size: int | None, seconds: float) 
 
     spec = load_spec(task)
     size = image_size or spec.budget["quick"]["image_size"]
-    problem = make_problem(spec, loader.load(spec.data, data_dir, size))
+    data = loader.load(spec.data, data_dir, size, split=spec.split, synthetic=spec.synthetic)
+    problem = make_problem(spec, data)
     config = problem.config(baseline_params(spec.baselines[0]))
     keras.utils.set_random_seed(0)
     model = build_model(spec.model, **settings_from(spec.model, config))

@@ -143,6 +143,7 @@ def plain_fit(spec, problem, config: dict, epochs: int, seed: int) -> dict[str, 
     """A hand-written Keras script: same model, arrays, config, epochs and seed; no callbacks."""
     import keras
 
+    from datasets.images import unit_range
     from models import build_model, settings_from
     from models.losses import encode_targets
     from search.training import compile_model
@@ -153,9 +154,9 @@ def plain_fit(spec, problem, config: dict, epochs: int, seed: int) -> dict[str, 
     model = build_model(spec.model, **settings_from(spec.model, config))
     compile_model(model, config, *problem.loss_and_metrics(config))
     built = time.perf_counter()
-    x = data.x_train[..., None].astype("float32") / 255.0
+    x = unit_range(data.x_train[..., None])
     y = encode_targets(data.y_train, config["loss"], data.n_classes)
-    val = (data.x_val[..., None].astype("float32") / 255.0,
+    val = (unit_range(data.x_val[..., None]),
            encode_targets(data.y_val, config["loss"], data.n_classes))
     prepared = time.perf_counter()
     model.fit(x, y, batch_size=config["batch_size"], epochs=epochs, validation_data=val,
@@ -230,7 +231,8 @@ def run(args: argparse.Namespace) -> common.Result:
     pair_rows, part_rows, notes = [], [], []
     for task in budget["tasks"]:
         spec = common.every_epoch(load_spec(task))
-        data = loader.load(spec.data, data_dir, size)  # decodes or warms the cache: untimed
+        # decodes or warms the cache: untimed
+        data = loader.load(spec.data, data_dir, size, split=spec.split, synthetic=spec.synthetic)
         problem = make_problem(spec, data)
         params = baseline_params(spec)
         config = problem.config(params)

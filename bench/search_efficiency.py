@@ -105,7 +105,7 @@ def data_sets(args: argparse.Namespace, budget: dict, spec: StudySpec) -> list[D
     found = []
     for name in budget["data"]:
         if args.mode == "smoke":
-            data_dir = str(tiny_set(name, data_root))
+            data_dir = str(tiny_set(name, data_root, spec))
         elif name in MEDMNIST:
             path = args.medmnist_dir / MEDMNIST[name]
             if not path.is_file():
@@ -121,16 +121,18 @@ def data_sets(args: argparse.Namespace, budget: dict, spec: StudySpec) -> list[D
         else:
             raise SystemExit(f"unknown data set {name!r}: choose from pneumonia, breast, "
                              "synthetic")
-        data = loader.load(spec.data, data_dir, size)  # decodes once; every study reuses it
+        # decodes once; every study reuses it
+        data = loader.load(spec.data, data_dir, size, split=spec.split, synthetic=spec.synthetic)
         entry = DataSet(name, data_dir)
         if "x_test" in data.extra:
             entry.x_test, entry.y_test = data.extra["x_test"], data.extra["y_test"]
             entry.test_source = "the file's test split"
         else:  # same generator, another seed: independent images of the same distribution
-            held_out = synthetic.ensure(
-                spec.data, data_root, n_train=2, seed=TEST_SEED,
-                **({"n_val": 12, "size": 32} if args.mode == "smoke" else {"n_val": 400}))
-            test = loader.load(spec.data, held_out, size)
+            held_out = synthetic.ensure(spec.data, data_root, **{
+                **spec.synthetic[spec.data], "n_train": 2, "seed": TEST_SEED,
+                **({"n_val": 12, "size": 32} if args.mode == "smoke" else {"n_val": 400})})
+            test = loader.load(spec.data, held_out, size, split=spec.split,
+                               synthetic=spec.synthetic)
             entry.x_test, entry.y_test = test.x_val, test.y_val
             entry.test_source = f"a held-out synthetic set (generator seed {TEST_SEED})"
         entry.sizes = (f"{len(data.y_train)} training, {len(data.y_val)} validation (one "
@@ -140,10 +142,10 @@ def data_sets(args: argparse.Namespace, budget: dict, spec: StudySpec) -> list[D
     return found
 
 
-TEST_SEED = 1  # the embedded synthetic set is drawn with seed 0
+TEST_SEED = 1  # the embedded synthetic set is drawn with the study's [synthetic] seed, 0
 
 
-def tiny_set(name: str, root: Path) -> Path:
+def tiny_set(name: str, root: Path, spec: StudySpec) -> Path:
     """Smoke mode: a tiny synthetic skin set, or the same images as a MedMNIST-style .npz
     (28x28, labels (N, 1), with a test split) so that layout's path runs too."""
     import numpy as np
@@ -155,7 +157,7 @@ def tiny_set(name: str, root: Path) -> Path:
         return course
     path = root / "tiny-medmnist.npz"
     if not path.is_file():
-        data = loader.load("skin", course, 28)
+        data = loader.load("skin", course, 28, split=spec.split, synthetic=spec.synthetic)
         # The validation images come class by class: alternate them, so both splits hold both
         splits = {"train": (data.x_train, data.y_train), "val": (data.x_val[0::2],
                   data.y_val[0::2]), "test": (data.x_val[1::2], data.y_val[1::2])}
@@ -396,8 +398,9 @@ def run(args: argparse.Namespace) -> common.Result:
         MlflowClient(mlflow_url).create_experiment(
             EXPERIMENT, artifact_location=(Path(tmp) / "mlruns").as_uri())
         for data in sets:
-            problem = make_problem(spec, loader.load(spec.data, data.data_dir,
-                                                     budget["image_size"]))
+            problem = make_problem(spec, loader.load(
+                spec.data, data.data_dir, budget["image_size"], split=spec.split,
+                synthetic=spec.synthetic))
             scores.x, scores.y = data.x_test, data.y_test
             for seed in seeds:
                 for engine in engines:

@@ -99,6 +99,7 @@ def plain_fit(spec, problem, config: dict, epochs: int, seed: int) -> tuple[int,
     """A hand-written Keras script on the same arrays: (timed epochs, seconds)."""
     import keras
 
+    from datasets.images import unit_range
     from models import build_model, settings_from
     from models.losses import encode_targets
     from search.training import compile_model, precision_policy
@@ -108,9 +109,9 @@ def plain_fit(spec, problem, config: dict, epochs: int, seed: int) -> tuple[int,
     with precision_policy(spec.training["precision"]):
         model = build_model(spec.model, **settings_from(spec.model, config))
         compile_model(model, config, *problem.loss_and_metrics(config))
-    x = data.x_train[..., None].astype("float32") / 255.0
+    x = unit_range(data.x_train[..., None])
     y = encode_targets(data.y_train, config["loss"], data.n_classes)
-    val = (data.x_val[..., None].astype("float32") / 255.0,
+    val = (unit_range(data.x_val[..., None]),
            encode_targets(data.y_val, config["loss"], data.n_classes))
     with clocked_fit() as clocks:
         model.fit(x, y, batch_size=BATCH, epochs=epochs, validation_data=val, shuffle=True,
@@ -160,7 +161,8 @@ def run(args: argparse.Namespace) -> common.Result:
     data_dir = str(common.synthetic_skin(args.work_dir / "data", n_train=budget["n_train"],
                                          n_val=budget["n_val"], size=size, seed=1))
     spec = bench_spec(args.precision)
-    data = loader.load(spec.data, data_dir, size)  # decodes or warms the cache: untimed
+    # decodes or warms the cache: untimed
+    data = loader.load(spec.data, data_dir, size, split=spec.split, synthetic=spec.synthetic)
     problem = make_problem(spec, data)
     params = {k: v for k, v in spec.baselines[0].items() if k != "note"}
     config = problem.config(params)

@@ -39,13 +39,12 @@ CATALOG: dict[str, DataSet] = {
 
 @dataclass(frozen=True)
 class MaskSet:
-    """Image/mask pairs for segmentation: `<folder>/{Image,Mask}/` under Lab3."""
+    """Image/mask pairs for segmentation: `<folder>/{Image,Mask}/` under Lab3. There is no
+    validation folder: how the pairs split is a setting, a study's `[split]`."""
 
     key: str
     folder: str
-    synthetic: str
-    val_fraction: float = 0.2  # the labs split at random 80/20 ...
-    split_seed: int = 0  # ... and every study here splits the same way, to stay comparable
+    synthetic: str  # generator in datasets.synthetic for the embedded default
 
 
 MASK_SETS: dict[str, MaskSet] = {"lungs": MaskSet("lungs", "X_ray", "lungs")}

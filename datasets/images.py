@@ -1,4 +1,5 @@
-"""Decoding image files into small gray uint8 arrays, the lab way: gray, anti-aliased resize."""
+"""Decoding image files into small gray uint8 arrays, the lab way: gray, anti-aliased resize;
+and the one scaling of those arrays that every model takes (`unit_range`)."""
 
 from __future__ import annotations
 
@@ -6,11 +7,15 @@ import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from datasets.errors import DataError
+
+if TYPE_CHECKING:
+    import tensorflow as tf
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
 
@@ -69,3 +74,18 @@ def load_masks(paths: Sequence[Path], size: int) -> np.ndarray:
     """Mask files -> (N, size, size) uint8 of 0/1; mask > 0 is the object."""
     gray = load_many(paths, size, binary=True)
     return (gray >= 128).astype("uint8")
+
+
+def unit_range(images: np.ndarray | tf.Tensor) -> np.ndarray | tf.Tensor:
+    """Gray levels 0-255 (uint8) -> float32 in [0, 1], what every model takes, same shape.
+
+    NumPy arrays stay NumPy (no TensorFlow import: the served predictor and plain Keras use
+    these); tensors, as in a tf.data map, stay tensors.
+    """
+    if isinstance(images, np.ndarray):
+        images = images.astype("float32")
+    else:
+        import tensorflow as tf  # a tensor: TensorFlow is loaded already
+
+        images = tf.cast(images, tf.float32)
+    return images / 255.0

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -40,13 +42,24 @@ class TaskData:
         return len(self.class_names)
 
 
-def load(data: str, data_dir: str | Path | None, image_size: int) -> TaskData:
-    """Load data set `data` from `data_dir`, or from the embedded synthetic set when it is None."""
+def load(
+    data: str,
+    data_dir: str | Path | None,
+    image_size: int,
+    *,
+    split: Mapping[str, Any],
+    synthetic: Mapping[str, Mapping[str, int]],
+) -> TaskData:
+    """Load data set `data` from `data_dir`, or from the embedded synthetic set when it is None.
+
+    `split` and `synthetic` are a study's tables of those names (`spec.split`, `spec.synthetic`):
+    how image/mask pairs split into training and validation, and each synthetic set's settings.
+    """
     dataset = catalog.get(data)
     if data_dir in (None, ""):
-        data_dir = synthetic.ensure(dataset.synthetic, cache_root() / "synthetic")
+        data_dir = _synthetic_set(dataset.synthetic, synthetic)
     if isinstance(dataset, catalog.MaskSet):
-        return _load_pairs(dataset, Path(data_dir).expanduser().resolve(), image_size)
+        return _load_pairs(dataset, Path(data_dir).expanduser().resolve(), image_size, split)
     layout, root = locate(dataset, Path(data_dir).expanduser().resolve())
     if layout == "medmnist":
         return _load_medmnist(dataset, root, image_size)
@@ -77,6 +90,12 @@ def load(data: str, data_dir: str | Path | None, image_size: int) -> TaskData:
     )
 
 
+def _synthetic_set(name: str, settings: Mapping[str, Mapping[str, int]]) -> Path:
+    """The embedded set `name`, drawn once per settings; its folder's name spells them out, so
+    the decoded arrays' cache key (the folder) differs with them too."""
+    return synthetic.ensure(name, cache_root() / "synthetic", **settings[name])
+
+
 def _load_medmnist(dataset: catalog.DataSet, path: Path, image_size: int) -> TaskData:
     key = {"layout": "medmnist", "root": str(path), "size": image_size,
            "files": fingerprint([path], path.parent), "changed": last_change([path])}
@@ -98,18 +117,21 @@ def _load_medmnist(dataset: catalog.DataSet, path: Path, image_size: int) -> Tas
     )
 
 
-def _load_pairs(mask_set: catalog.MaskSet, data_dir: Path, image_size: int) -> TaskData:
+def _load_pairs(mask_set: catalog.MaskSet, data_dir: Path, image_size: int,
+                split: Mapping[str, Any]) -> TaskData:
     """Image/mask pairs, split at random (seeded) into training and validation."""
+    fraction, seed = split["validation_fraction"], split["seed"]
+    if not 0 < fraction < 1:
+        raise ValueError(f"[split] validation_fraction must be between 0 and 1, got {fraction}")
     root = locate_pairs(mask_set, data_dir)
     images, masks = mask_pairs(root)
-    key = {"layout": "pairs", "root": str(root), "size": image_size,
-           "split": [mask_set.val_fraction, mask_set.split_seed],
+    key = {"layout": "pairs", "root": str(root), "size": image_size, "split": [fraction, seed],
            "files": fingerprint([*images, *masks], root), "changed": last_change([*images, *masks])}
 
     def build() -> dict[str, np.ndarray]:
         print(f"Decoding {len(images)} image/mask pairs from {root} at {image_size}x{image_size}")
-        order = np.random.default_rng(mask_set.split_seed).permutation(len(images))
-        n_val = max(1, round(mask_set.val_fraction * len(images)))
+        order = np.random.default_rng(seed).permutation(len(images))
+        n_val = max(1, round(fraction * len(images)))
         if len(images) - n_val < 1:
             raise DataError(f"{root} has {len(images)} pair(s): too few to split for validation.")
         x, y = load_many(images, image_size), load_masks(masks, image_size)

@@ -9,6 +9,8 @@ import numpy as np
 import tensorflow as tf
 from keras import layers
 
+from datasets.images import unit_range
+
 FLIPS = ("none", "horizontal", "vertical", "horizontal_and_vertical")
 
 
@@ -79,8 +81,7 @@ def make_dataset(
         ds = ds.shuffle(len(images), seed=shuffle_seed, reshuffle_each_iteration=True)
     ds = ds.batch(batch_size)
     if raw:
-        ds = ds.map(lambda x, y: (tf.cast(x, tf.float32) / 255.0, y),
-                    num_parallel_calls=tf.data.AUTOTUNE)
+        ds = ds.map(lambda x, y: (unit_range(x), y), num_parallel_calls=tf.data.AUTOTUNE)
     if augment is not None:
         ds = ds.map(augment, num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE)

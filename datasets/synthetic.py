@@ -19,8 +19,8 @@ same content. Every image has its own random stream, ``default_rng([seed, set, s
 so the same seed gives byte-identical files regardless of write order, and no global random
 state is touched.
 
-``ensure(name, root, **kwargs)`` writes a set once, atomically, into a folder whose name spells
-out every setting (see ``set_folder``), e.g.
+``ensure(name, root, **settings)`` writes a set once, atomically, into a folder whose name spells
+out every setting (see ``set_folder``; a study's ``[synthetic.<name>]`` gives them), e.g.
 ``root/skin-n_train1000-n_val200-size128-seed0-v2/Lab2/Skin``.
 """
 
@@ -36,6 +36,7 @@ import socket
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from functools import lru_cache
 from itertools import pairwise
 from pathlib import Path
@@ -370,6 +371,141 @@ def render_bone(rng: np.random.Generator, label: int, size: int) -> np.ndarray:
     return _finish(rng, img, size, blur=(0.5, 1.3), noise=(0.01, 0.035))
 
 
+@dataclass(frozen=True)
+class _Frame:
+    """What each xray9 template draws with: the image's random stream, the template's
+    coordinates and the edge softness."""
+
+    rng: np.random.Generator
+    xx: np.ndarray
+    yy: np.ndarray
+    soft: float
+
+    def j(self, lo: float, hi: float) -> float:
+        return float(self.rng.uniform(lo, hi))
+
+
+# Each template adds to the density map `d` in place, in the order of its random draws, so the
+# pixels stay those of the set's VERSION.
+
+
+def _skull(f: _Frame, d: np.ndarray) -> None:
+    """Elliptic ring of variable thickness, sometimes a jaw arc."""
+    xx, yy, soft, j = f.xx, f.yy, f.soft, f.j
+    rx, ry, t = j(0.45, 0.62), j(0.55, 0.72), j(0.04, 0.12)
+    d += _ellipse(xx, yy, 0, 0, rx, ry, 0, soft)
+    d -= j(0.6, 0.85) * _ellipse(xx, yy, 0, 0, rx - t, ry - t, 0, soft)
+    if f.rng.random() < 0.6:
+        d += 0.7 * _bar(xx, yy, (-0.3, ry * 0.85), (0.3, ry * 0.85), j(0.03, 0.05), soft)
+
+
+def _trunk(f: _Frame, d: np.ndarray) -> None:
+    """Chest and abdomen alike: a soft body with a spine down the middle."""
+    xx, yy, soft, j = f.xx, f.yy, f.soft, f.j
+    d += j(0.25, 0.4) * _ellipse(xx, yy, 0, 0, j(0.65, 0.85), j(0.6, 0.9), 0, soft * 4)
+    d += j(0.35, 0.6) * _bar(xx, yy, (0, -0.9), (0, 0.9), j(0.05, 0.1), soft)
+
+
+def _chest(f: _Frame, d: np.ndarray) -> None:
+    """The trunk with dark lung fields crossed by ribs of variable contrast."""
+    xx, yy, soft, j = f.xx, f.yy, f.soft, f.j
+    _trunk(f, d)
+    for side in (-1, 1):
+        d -= j(0.15, 0.25) * _ellipse(
+            xx, yy, side * 0.33, -0.05, j(0.2, 0.26), j(0.45, 0.55), 0, soft
+        )
+    rib = j(0.18, 0.35)
+    for y in np.linspace(-0.55, 0.45, int(f.rng.integers(4, 8))):
+        for side in (-1, 1):
+            d += rib * _rib(xx, yy, 0.0, y, side, 0.7, 0.3, 0.4, 0.018, soft)
+
+
+def _abdomen(f: _Frame, d: np.ndarray) -> None:
+    """The trunk with dark gas bubbles and a faint pelvic rim at the bottom."""
+    xx, yy, soft, j = f.xx, f.yy, f.soft, f.j
+    _trunk(f, d)
+    for _ in range(int(f.rng.integers(2, 7))):
+        gx, gy = f.rng.uniform(-0.55, 0.55, 2)
+        d -= j(0.1, 0.25) * _ellipse(xx, yy, gx, gy, j(0.05, 0.12), j(0.05, 0.12), 0, soft)
+    d += j(0.0, 0.3) * _ellipse(xx, yy, 0, 0.85, 0.6, 0.2, 0, soft * 3)
+
+
+def _long_bone(f: _Frame, d: np.ndarray) -> None:
+    """One thick shaft, ends from plain to knobby."""
+    xx, yy, soft, j = f.xx, f.yy, f.soft, f.j
+    w = j(0.08, 0.13)
+    d += _bar(xx, yy, (0, -0.65), (0, 0.65), w, soft)
+    for end in (-1, 1):
+        d += j(0.4, 0.9) * _ellipse(xx, yy, 0, end * 0.65, w * j(1.0, 2.0), w * 1.2, 0, soft)
+
+
+def _forearm(f: _Frame, d: np.ndarray) -> None:
+    """Two thinner shafts, from touching to well apart."""
+    xx, yy, soft, j = f.xx, f.yy, f.soft, f.j
+    gap = j(0.02, 0.12)
+    for side in (-1, 1):
+        w = j(0.045, 0.075)
+        x = side * (gap + w)
+        d += _bar(xx, yy, (x, -0.7), (x + side * j(-0.05, 0.05), 0.7), w, soft)
+
+
+def _hand(f: _Frame, d: np.ndarray) -> None:
+    """Palm block with three to five radiating fingers."""
+    xx, yy, soft, j = f.xx, f.yy, f.soft, f.j
+    d += 0.7 * _ellipse(xx, yy, 0, 0.35, j(0.25, 0.35), j(0.22, 0.32), 0, soft)
+    fingers = np.linspace(-0.9, 0.6, 5)
+    keep = f.rng.permutation(5)[: int(f.rng.integers(3, 6))]
+    for i in keep:
+        a = fingers[i] + j(-0.1, 0.1)
+        length = j(0.35, 0.65) * (0.7 if i == 0 else 1.0)
+        p0 = (0.25 * np.sin(a), 0.3 - 0.25 * np.cos(a))
+        p1 = (p0[0] + length * np.sin(a), p0[1] - length * np.cos(a))
+        d += _bar(xx, yy, p0, p1, j(0.03, 0.05), soft)
+
+
+def _spine(f: _Frame, d: np.ndarray) -> None:
+    """Vertical stack of vertebral blocks, sometimes in soft tissue."""
+    xx, yy, soft, j = f.xx, f.yy, f.soft, f.j
+    if f.rng.random() < 0.5:
+        d += j(0.15, 0.35) * _ellipse(xx, yy, 0, 0, j(0.6, 0.85), j(0.6, 0.9), 0, soft * 4)
+    n = int(f.rng.integers(5, 9))
+    h = 1.6 / n
+    fill = j(0.32, 0.48)
+    for i in range(n):
+        y = -0.8 + (i + 0.5) * h
+        d += _ellipse(xx, yy, j(-0.03, 0.03), y, j(0.1, 0.2), h * fill, 0, soft)
+
+
+def _pelvis(f: _Frame, d: np.ndarray) -> None:
+    """Two rings (obturator foramina) under broad iliac wings."""
+    xx, yy, soft, j = f.xx, f.yy, f.soft, f.j
+    for side in (-1, 1):
+        cx = side * j(0.2, 0.3)
+        r = j(0.12, 0.18)
+        d += _ellipse(xx, yy, cx, 0.3, r, r * 0.85, 0, soft)
+        d -= _ellipse(xx, yy, cx, 0.3, r * 0.6, r * 0.5, 0, soft)
+        d += j(0.4, 0.7) * _ellipse(xx, yy, side * 0.42, -0.25, 0.3, 0.2, side * 0.5, soft)
+
+
+def _knee(f: _Frame, d: np.ndarray) -> None:
+    """Two shafts end to end with a (sometimes thin) joint gap, faint patella."""
+    xx, yy, soft, j = f.xx, f.yy, f.soft, f.j
+    w = j(0.07, 0.12)
+    gap = j(0.015, 0.1)
+    d += _bar(xx, yy, (0, -0.8), (0, -gap - w), w, soft)
+    d += j(0.6, 1.0) * _ellipse(xx, yy, 0, -gap - 0.05, w * j(1.2, 1.9), 0.08, 0, soft)
+    d += _bar(xx, yy, (0, gap + w), (0, 0.8), w * 0.9, soft)
+    d += j(0.6, 1.0) * _ellipse(xx, yy, 0, gap + 0.05, w * j(1.2, 1.8), 0.07, 0, soft)
+    d += j(0.0, 0.6) * _ellipse(xx, yy, j(0.12, 0.25), -0.05, 0.09, 0.1, 0, soft)
+
+
+# Template k (1..9, class C1..C9) and its drawer.
+_XRAY9_TEMPLATES: dict[int, Callable[[_Frame, np.ndarray], None]] = {
+    1: _skull, 2: _chest, 3: _long_bone, 4: _forearm, 5: _hand, 6: _spine, 7: _pelvis,
+    8: _knee, 9: _abdomen,
+}
+
+
 def _xray9_density(
     rng: np.random.Generator, k: int, xx: np.ndarray, yy: np.ndarray, px: float
 ) -> np.ndarray:
@@ -379,80 +515,9 @@ def _xray9_density(
     shaft vs two touching shafts vs two shafts with a thin joint gap; spine column vs abdomen
     with a spine; faint-ribbed chest vs abdomen), so a few images are genuinely ambiguous.
     """
-    soft = px * rng.uniform(0.8, 1.6)
-
-    def j(lo: float, hi: float) -> float:
-        return float(rng.uniform(lo, hi))
-
+    frame = _Frame(rng, xx, yy, px * rng.uniform(0.8, 1.6))
     d = np.zeros_like(xx)
-    if k == 1:  # skull: elliptic ring of variable thickness, sometimes a jaw arc
-        rx, ry, t = j(0.45, 0.62), j(0.55, 0.72), j(0.04, 0.12)
-        d += _ellipse(xx, yy, 0, 0, rx, ry, 0, soft)
-        d -= j(0.6, 0.85) * _ellipse(xx, yy, 0, 0, rx - t, ry - t, 0, soft)
-        if rng.random() < 0.6:
-            d += 0.7 * _bar(xx, yy, (-0.3, ry * 0.85), (0.3, ry * 0.85), j(0.03, 0.05), soft)
-    elif k in (2, 9):  # chest / abdomen: soft body with a spine down the middle
-        d += j(0.25, 0.4) * _ellipse(xx, yy, 0, 0, j(0.65, 0.85), j(0.6, 0.9), 0, soft * 4)
-        d += j(0.35, 0.6) * _bar(xx, yy, (0, -0.9), (0, 0.9), j(0.05, 0.1), soft)
-        if k == 2:  # chest: dark lung fields crossed by ribs of variable contrast
-            for side in (-1, 1):
-                d -= j(0.15, 0.25) * _ellipse(
-                    xx, yy, side * 0.33, -0.05, j(0.2, 0.26), j(0.45, 0.55), 0, soft
-                )
-            rib = j(0.18, 0.35)
-            for y in np.linspace(-0.55, 0.45, int(rng.integers(4, 8))):
-                for side in (-1, 1):
-                    d += rib * _rib(xx, yy, 0.0, y, side, 0.7, 0.3, 0.4, 0.018, soft)
-        else:  # abdomen: dark gas bubbles, faint pelvic rim at the bottom
-            for _ in range(int(rng.integers(2, 7))):
-                gx, gy = rng.uniform(-0.55, 0.55, 2)
-                d -= j(0.1, 0.25) * _ellipse(xx, yy, gx, gy, j(0.05, 0.12), j(0.05, 0.12), 0, soft)
-            d += j(0.0, 0.3) * _ellipse(xx, yy, 0, 0.85, 0.6, 0.2, 0, soft * 3)
-    elif k == 3:  # long bone: one thick shaft, ends from plain to knobby
-        w = j(0.08, 0.13)
-        d += _bar(xx, yy, (0, -0.65), (0, 0.65), w, soft)
-        for end in (-1, 1):
-            d += j(0.4, 0.9) * _ellipse(xx, yy, 0, end * 0.65, w * j(1.0, 2.0), w * 1.2, 0, soft)
-    elif k == 4:  # forearm: two thinner shafts, from touching to well apart
-        gap = j(0.02, 0.12)
-        for side in (-1, 1):
-            w = j(0.045, 0.075)
-            x = side * (gap + w)
-            d += _bar(xx, yy, (x, -0.7), (x + side * j(-0.05, 0.05), 0.7), w, soft)
-    elif k == 5:  # hand: palm block with three to five radiating fingers
-        d += 0.7 * _ellipse(xx, yy, 0, 0.35, j(0.25, 0.35), j(0.22, 0.32), 0, soft)
-        fingers = np.linspace(-0.9, 0.6, 5)
-        keep = rng.permutation(5)[: int(rng.integers(3, 6))]
-        for i in keep:
-            a = fingers[i] + j(-0.1, 0.1)
-            length = j(0.35, 0.65) * (0.7 if i == 0 else 1.0)
-            p0 = (0.25 * np.sin(a), 0.3 - 0.25 * np.cos(a))
-            p1 = (p0[0] + length * np.sin(a), p0[1] - length * np.cos(a))
-            d += _bar(xx, yy, p0, p1, j(0.03, 0.05), soft)
-    elif k == 6:  # spine: vertical stack of vertebral blocks, sometimes in soft tissue
-        if rng.random() < 0.5:
-            d += j(0.15, 0.35) * _ellipse(xx, yy, 0, 0, j(0.6, 0.85), j(0.6, 0.9), 0, soft * 4)
-        n = int(rng.integers(5, 9))
-        h = 1.6 / n
-        fill = j(0.32, 0.48)
-        for i in range(n):
-            y = -0.8 + (i + 0.5) * h
-            d += _ellipse(xx, yy, j(-0.03, 0.03), y, j(0.1, 0.2), h * fill, 0, soft)
-    elif k == 7:  # pelvis: two rings (obturator foramina) under broad iliac wings
-        for side in (-1, 1):
-            cx = side * j(0.2, 0.3)
-            r = j(0.12, 0.18)
-            d += _ellipse(xx, yy, cx, 0.3, r, r * 0.85, 0, soft)
-            d -= _ellipse(xx, yy, cx, 0.3, r * 0.6, r * 0.5, 0, soft)
-            d += j(0.4, 0.7) * _ellipse(xx, yy, side * 0.42, -0.25, 0.3, 0.2, side * 0.5, soft)
-    else:  # knee: two shafts end to end with a (sometimes thin) joint gap, faint patella
-        w = j(0.07, 0.12)
-        gap = j(0.015, 0.1)
-        d += _bar(xx, yy, (0, -0.8), (0, -gap - w), w, soft)
-        d += j(0.6, 1.0) * _ellipse(xx, yy, 0, -gap - 0.05, w * j(1.2, 1.9), 0.08, 0, soft)
-        d += _bar(xx, yy, (0, gap + w), (0, 0.8), w * 0.9, soft)
-        d += j(0.6, 1.0) * _ellipse(xx, yy, 0, gap + 0.05, w * j(1.2, 1.8), 0.07, 0, soft)
-        d += j(0.0, 0.6) * _ellipse(xx, yy, j(0.12, 0.25), -0.05, 0.09, 0.1, 0, soft)
+    _XRAY9_TEMPLATES[k](frame, d)
     return d
 
 
@@ -593,9 +658,7 @@ def _write_class_folders(
     return out
 
 
-def write_skin(
-    root: Path, *, n_train: int = 1000, n_val: int = 200, size: int = 128, seed: int = 0
-) -> Path:
+def write_skin(root: Path, *, n_train: int, n_val: int, size: int, seed: int) -> Path:
     """Write the synthetic skin-lesion set (Mel / Nevi); returns ``root/Lab2/Skin``."""
     splits = {"train": _check(n_train, "n_train", 2), "validation": _check(n_val, "n_val", 2)}
     size, seed = _check(size, "size", 16), _check(seed, "seed", 0)
@@ -603,9 +666,7 @@ def write_skin(
     return _write_class_folders("skin", out, splits, SKIN_CLASSES, size, seed, render_skin)
 
 
-def write_bone(
-    root: Path, *, n_train: int = 1000, n_val: int = 200, size: int = 128, seed: int = 0
-) -> Path:
+def write_bone(root: Path, *, n_train: int, n_val: int, size: int, seed: int) -> Path:
     """Write the synthetic femur-fracture set (AFF / NFF); returns ``root/Lab2/Bone``."""
     splits = {"train": _check(n_train, "n_train", 2), "validation": _check(n_val, "n_val", 2)}
     size, seed = _check(size, "size", 16), _check(seed, "seed", 0)
@@ -613,9 +674,7 @@ def write_bone(
     return _write_class_folders("bone", out, splits, BONE_CLASSES, size, seed, render_bone)
 
 
-def write_xray9(
-    root: Path, *, n_train: int = 1800, n_test: int = 450, size: int = 128, seed: int = 0
-) -> Path:
+def write_xray9(root: Path, *, n_train: int, n_test: int, size: int, seed: int) -> Path:
     """Write the synthetic nine-organ X-ray set; returns ``root/Lab1/X_ray``.
 
     Files are ``{train,test}/C{k}_{i}.png``, classes round-robin (balanced); ``i`` runs on
@@ -638,7 +697,7 @@ def write_xray9(
     return out
 
 
-def write_lungs(root: Path, *, n_pairs: int = 234, size: int = 128, seed: int = 0) -> Path:
+def write_lungs(root: Path, *, n_pairs: int, size: int, seed: int) -> Path:
     """Write synthetic chest X-rays with lung masks; returns ``root/Lab3/X_ray``.
 
     ``Image/Im{i}.png`` and ``Mask/Im{i}.png`` (i = 1..n_pairs) share their file name.
@@ -669,14 +728,22 @@ GENERATORS: dict[str, Callable[..., Path]] = {
 # ---------------------------------------------------------------------------------- ensure
 
 
-def settings(name: str, **kwargs: int) -> dict[str, int]:
-    """All settings of generator `name` with defaults filled in (unknown names raise)."""
+def setting_names(name: str) -> tuple[str, ...]:
+    """The settings generator `name` takes (its keyword arguments), in folder-name order; their
+    values are a study's `[synthetic.<name>]` (studies/_defaults.toml)."""
     if name not in GENERATORS:
         raise ValueError(f"unknown synthetic set {name!r}; known: {', '.join(GENERATORS)}")
+    parameters = inspect.signature(GENERATORS[name]).parameters.values()
+    return tuple(p.name for p in parameters if p.kind == p.KEYWORD_ONLY)
+
+
+def settings(name: str, **kwargs: int) -> dict[str, int]:
+    """Every setting of generator `name`, in folder-name order; a missing or unknown one raises
+    (TypeError)."""
+    names = setting_names(name)
     signature = inspect.signature(GENERATORS[name])
     bound = signature.bind(Path("."), **kwargs)  # TypeError on a setting the set doesn't have
-    bound.apply_defaults()
-    return {k: operator.index(v) for k, v in bound.arguments.items() if k != "root"}
+    return {k: operator.index(bound.arguments[k]) for k in names}
 
 
 def set_folder(name: str, **kwargs: int) -> str:

@@ -17,6 +17,7 @@ import keras
 import numpy as np
 from keras import layers
 
+from datasets.images import unit_range
 from models.blocks import model_input, output_layer
 from models.vgg16 import LAST_CONV
 
@@ -104,7 +105,7 @@ def trained_base(model: keras.Model, identity: str) -> FeatureBase:
     def prepare(images: np.ndarray) -> np.ndarray:
         if images.shape[1] != size:
             raise ValueError(f"{identity} takes {size}x{size} images; run with --image-size {size}")
-        return images[..., None].astype("float32") / 255.0
+        return unit_range(images[..., None])
 
     return FeatureBase(base, prepare, identity, [])  # it takes [0, 1] images already
 

@@ -108,9 +108,9 @@ def parser() -> argparse.ArgumentParser:
                         help="Optuna storage URL (default sqlite:///optuna.db)")
     export.add_argument("--name", type=_optional(str),
                         help="registered model name (default: the study name)")
-    export.add_argument("--tolerance", type=_optional(float),
+    export.add_argument("--tolerance", type=_optional(float), default=None,
                         help="refuse to register when the replay misses the recorded value by "
-                             "more than this (default 0.02)")
+                             "more than this (default: the study file's [export] tolerance)")
     export.add_argument("--experiment", type=_optional(str),
                         help="MLflow experiment (default: the task's name)")
     export.add_argument("--tracking-uri", type=_optional(str))

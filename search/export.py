@@ -94,7 +94,8 @@ def export_best(
     spec = load_spec(recorded["task"])
     size, epochs = recorded["image_size"], recorded["epochs"]
     base = feature_base(recorded.get("base"), size, tracking_uri) if spec.transfer else None
-    data = loader.load(spec.data, recorded["data_dir"], size)
+    data = loader.load(spec.data, recorded["data_dir"], size, split=spec.split,
+                       synthetic=spec.synthetic)
     if base is not None:
         data, _ = features.extract(data, base)
     problem = make_problem(spec, data)

@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from datasets.images import load_gray, resize, resize_array, to_gray
+from datasets.images import load_gray, resize, resize_array, to_gray, unit_range
 from models.losses import predicted_classes
 
 PREPROCESSING_FILE = "preprocessing.json"
@@ -99,7 +99,7 @@ class ImagePredictor(mlflow.pyfunc.PythonModel):
 
     def predict(self, context, model_input, params=None):  # no hints: inputs vary, see above
         images = gray_images(model_input, self.settings["image_size"])
-        outputs = np.asarray(self.keras_model.predict(images[..., None] / 255.0, verbose=0))
+        outputs = np.asarray(self.keras_model.predict(unit_range(images[..., None]), verbose=0))
         if self.settings["kind"] == "segmentation":
             return outputs[..., 0]
         names = self.settings["class_names"]

@@ -14,6 +14,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from datasets import synthetic
 from search.pruners import PRUNERS, SAMPLERS
 
 NUMBER = (int, float)
@@ -54,6 +55,8 @@ BUDGET = Table({"image_size": int, "epochs": int, "n_trials": int, "timeout": NU
                required=(("image_size", "epochs", "n_trials"),))
 TRAINING = {"early_stopping_patience": int, "stuck_after_epochs": int,
             "diverged_loss_factor": NUMBER, "precision": str}
+# Each embedded synthetic set takes its generator's own settings (counts, size, seed), all ints.
+SYNTHETIC = {name: synthetic.setting_names(name) for name in synthetic.GENERATORS}
 RECOVERY_KEYS = ("heartbeat_interval", "grace_period", "retries", "checkpoint_every_s",
                  "restart_after_growth_mb")
 
@@ -75,9 +78,17 @@ STUDY = Table(
         "training": Table(TRAINING, required=(tuple(TRAINING),)),
         "recovery": Table(dict.fromkeys(RECOVERY_KEYS, NUMBER), required=(RECOVERY_KEYS,)),
         "gradcam": Table({"trials": str, "images": int}, required=(("trials", "images"),)),
+        "export": Table({"tolerance": NUMBER}, required=(("tolerance",),)),
+        "artifacts": Table({"overlay_images": int, "mask_threshold": NUMBER},
+                           required=(("overlay_images", "mask_threshold"),)),
+        "split": Table({"validation_fraction": NUMBER, "seed": int},
+                       required=(("validation_fraction", "seed"),)),
+        "synthetic": Table({name: Table(dict.fromkeys(keys, int), required=(keys,))
+                            for name, keys in SYNTHETIC.items()},
+                           required=(tuple(SYNTHETIC),)),
     },
     required=(("model", "data", "objective", "space", "budget", "sampler", "pruner", "training",
-               "recovery"),),
+               "recovery", "export", "artifacts", "split", "synthetic"),),
 )
 
 

@@ -42,6 +42,10 @@ class StudySpec:
     recovery: dict[str, Any]  # dead workers' trials: heartbeat, retries, epoch checkpoints
     gradcam: dict[str, Any] | None  # {"trials": "best" | "all", "images": n}, or None
     transfer: bool  # trials train a head on features of a frozen base, extracted once
+    export: dict[str, Any]  # `medtune export`: the replay's tolerance on the objective
+    artifacts: dict[str, Any]  # segmentation overlays: how many images, the mask threshold
+    split: dict[str, Any]  # image/mask pairs: validation fraction and seed (`loader.load`)
+    synthetic: dict[str, dict[str, int]]  # embedded synthetic sets' settings, by generator
     source: str  # the study file's text, as it was loaded
 
 
@@ -161,6 +165,10 @@ def _build(name: str, raw: dict, text: str) -> StudySpec:
         recovery=raw["recovery"],
         gradcam=gradcam_settings(raw.get("gradcam")),
         transfer=bool(raw.get("transfer", False)),
+        export=raw["export"],
+        artifacts=raw["artifacts"],
+        split=raw["split"],
+        synthetic=raw["synthetic"],
         source=text,
     )
 

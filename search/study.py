@@ -148,7 +148,8 @@ def run_study(
     until `guard` stops this worker to restart it with fresh memory)."""
     # A missing transfer base is found before any data is decoded.
     base = feature_base(settings.base, settings.image_size, tracking_uri) if spec.transfer else None
-    data = loader.load(spec.data, settings.data_dir, settings.image_size)
+    data = loader.load(spec.data, settings.data_dir, settings.image_size, split=spec.split,
+                       synthetic=spec.synthetic)
     extra = {}
     if base is not None:  # trials train only the head: extract the base's features once, up front
         data, seconds = features.extract(data, base)

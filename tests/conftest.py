@@ -38,6 +38,15 @@ def write_png(path: Path, seed: int, size: int = 40, mode: str = "L") -> Path:
     return path
 
 
+def data_settings() -> dict:
+    """`loader.load`'s study settings, `split` and `synthetic`, as `studies/_defaults.toml` has
+    them."""
+    from search.spec import DEFAULTS, read_study, studies_dir
+
+    defaults, _ = read_study(studies_dir() / DEFAULTS)
+    return {"split": defaults["split"], "synthetic": defaults["synthetic"]}
+
+
 @pytest.fixture
 def tiny_skin(tmp_path) -> Path:
     """A course root holding a small synthetic Lab2/Skin set (32x32 images)."""

@@ -2,12 +2,18 @@
 
 import numpy as np
 import pytest
-from conftest import SHARED_MEDMNIST, write_png
+from conftest import SHARED_MEDMNIST, data_settings, write_png
 from PIL import Image
 
 from datasets import loader
 from datasets.catalog import CATALOG
 from datasets.errors import DataError
+from search.spec import load_spec, studies_dir
+
+
+def load(data, data_dir, image_size, **settings):
+    """`loader.load` with the default study settings, or `settings` in their place."""
+    return loader.load(data, data_dir, image_size, **{**data_settings(), **settings})
 
 
 def lab2_folder(root, classes=("Mel", "Nevi"), per_class=(3, 2),
@@ -21,7 +27,7 @@ def lab2_folder(root, classes=("Mel", "Nevi"), per_class=(3, 2),
 
 def test_lab2_layout_labels_from_subfolders(tmp_path):
     root = lab2_folder(tmp_path / "Lab2" / "Skin")
-    data = loader.load("skin", tmp_path, image_size=16)  # the course root: finds Lab2/Skin
+    data = load("skin", tmp_path, image_size=16)  # the course root: finds Lab2/Skin
     assert data.layout == "lab2"
     assert data.source == str(root.resolve())
     assert data.x_train.shape == (5, 16, 16) and data.x_train.dtype == np.uint8
@@ -37,7 +43,7 @@ def test_lab1_flat_layout_labels_from_file_names(tmp_path):
         write_png(root / split / "img_NFF_002.jpg", 2, mode="RGB")
         write_png(root / split / "AFF_003.png", 3)
         (root / split / "notes.txt").write_text("not an image: ignored")
-    data = loader.load("bone", tmp_path, image_size=8)
+    data = load("bone", tmp_path, image_size=8)
     assert data.layout == "lab1"
     assert data.y_train.tolist() == [0, 0, 1]  # sorted names: AFF_001, AFF_003, img_NFF_002
     assert data.x_val.shape == (3, 8, 8)
@@ -48,14 +54,14 @@ def test_lab1_nine_organ_prefixes(tmp_path):
     for split in ("train", "test"):
         for k in range(1, 10):
             write_png(root / split / f"C{k}_{k * 7}.png", k, size=8)
-    data = loader.load("xray9", root, image_size=8)  # the data set's own folder works too
+    data = load("xray9", root, image_size=8)  # the data set's own folder works too
     assert data.y_train.tolist() == list(range(9))
     assert data.n_classes == 9
 
 
 def test_older_nested_layout_is_found(tmp_path):
     lab2_folder(tmp_path / "Lab1" / "Lab2" / "Skin")
-    assert loader.load("skin", tmp_path, image_size=8).layout == "lab2"
+    assert load("skin", tmp_path, image_size=8).layout == "lab2"
 
 
 def test_images_are_gray_resized_and_scaled_once(tmp_path):
@@ -63,21 +69,21 @@ def test_images_are_gray_resized_and_scaled_once(tmp_path):
     for split in ("train", "validation"):
         write_png(root / split / "Mel" / "a.png", 5, size=64, mode="RGB")
         write_png(root / split / "Nevi" / "b.png", 6, size=20)
-    data = loader.load("skin", root, image_size=32)
+    data = load("skin", root, image_size=32)
     assert data.x_train.shape == (2, 32, 32)
     assert not data.from_cache
-    again = loader.load("skin", root, image_size=32)
+    again = load("skin", root, image_size=32)
     assert again.from_cache
     np.testing.assert_array_equal(again.x_train, data.x_train)
-    other_size = loader.load("skin", root, image_size=16)
+    other_size = load("skin", root, image_size=16)
     assert not other_size.from_cache and other_size.x_train.shape == (2, 16, 16)
 
 
 def test_cache_notices_changed_files(tmp_path):
     root = lab2_folder(tmp_path / "Skin")
-    loader.load("skin", root, image_size=8)
+    load("skin", root, image_size=8)
     write_png(root / "train" / "Mel" / "new.png", 99)
-    data = loader.load("skin", root, image_size=8)
+    data = load("skin", root, image_size=8)
     assert not data.from_cache and len(data.y_train) == 6
 
 
@@ -94,7 +100,7 @@ def tiny_npz(path, n_classes=2, channels=False):
 
 @pytest.mark.parametrize("channels", [False, True])
 def test_medmnist_npz(tmp_path, channels):
-    data = loader.load("skin", tiny_npz(tmp_path / "derma.npz", channels=channels), image_size=32)
+    data = load("skin", tiny_npz(tmp_path / "derma.npz", channels=channels), image_size=32)
     assert data.layout == "medmnist"
     assert data.x_train.shape == (6, 32, 32) and data.x_val.shape == (4, 32, 32)
     assert data.y_train.tolist() == [0, 1, 0, 1, 0, 1]
@@ -103,13 +109,13 @@ def test_medmnist_npz(tmp_path, channels):
 
 def test_medmnist_with_more_classes_than_the_task(tmp_path):
     with pytest.raises(DataError, match=r"has 6 classes but the task's data set 'skin' has 2"):
-        loader.load("skin", tiny_npz(tmp_path / "derma7.npz", n_classes=7), image_size=8)
+        load("skin", tiny_npz(tmp_path / "derma7.npz", n_classes=7), image_size=8)
 
 
 def test_npz_missing_keys(tmp_path):
     np.savez(tmp_path / "x.npz", images=np.zeros((2, 4, 4)))
     with pytest.raises(DataError, match="not a MedMNIST file: missing train_images"):
-        loader.load("skin", tmp_path / "x.npz", image_size=8)
+        load("skin", tmp_path / "x.npz", image_size=8)
 
 
 @pytest.mark.parametrize("name", ["pneumoniamnist", "breastmnist"])
@@ -117,7 +123,7 @@ def test_real_medmnist_subsets(name):
     path = SHARED_MEDMNIST / f"{name}.npz"
     if not path.exists():
         pytest.skip(f"{path} is not here (shared data is optional)")
-    data = loader.load("skin", path, image_size=28)
+    data = load("skin", path, image_size=28)
     expected = {"pneumoniamnist": (2428, 270, 468), "breastmnist": (546, 78, 156)}[name]
     assert (len(data.y_train), len(data.y_val), len(data.extra["y_test"])) == expected
     assert set(np.unique(data.y_train)) == {0, 1}
@@ -129,26 +135,26 @@ def test_real_medmnist_subsets(name):
 
 def test_missing_folder(tmp_path):
     with pytest.raises(DataError, match="does not exist; pass the course data folder"):
-        loader.load("skin", tmp_path / "nope", image_size=8)
+        load("skin", tmp_path / "nope", image_size=8)
 
 
 def test_folder_without_the_data_set(tmp_path):
     (tmp_path / "Lab2" / "Bone" / "train").mkdir(parents=True)
     with pytest.raises(DataError, match="no Skin data found .* Lab2/Skin/train/<class>/"):
-        loader.load("skin", tmp_path, image_size=8)
+        load("skin", tmp_path, image_size=8)
 
 
 def test_empty_train_folder(tmp_path):
     (tmp_path / "Skin" / "train").mkdir(parents=True)
     with pytest.raises(DataError, match="train is empty"):
-        loader.load("skin", tmp_path, image_size=8)
+        load("skin", tmp_path, image_size=8)
 
 
 def test_no_recognizable_class_folder(tmp_path):
     lab2_folder(tmp_path / "Skin", classes=("benign", "malignant", "other"), per_class=(2, 2, 2))
     with pytest.raises(DataError, match="no folder for class Mel, Nevi .found: benign, malignant, "
                                         "other.*or 2 folders of your own classes"):
-        loader.load("skin", tmp_path, image_size=8)
+        load("skin", tmp_path, image_size=8)
 
 
 def test_a_binary_set_with_its_own_class_names_and_a_test_split(tmp_path):
@@ -156,7 +162,7 @@ def test_a_binary_set_with_its_own_class_names_and_a_test_split(tmp_path):
     split is loaded and kept aside."""
     root = lab2_folder(tmp_path / "knee", classes=("OA", "Normal"),
                        split_names=("train", "validation", "test"))
-    data = loader.load("bone", root, image_size=8)
+    data = load("bone", root, image_size=8)
     assert data.class_names == ["Normal", "OA"]  # sorted: the label order is stable
     assert data.y_train.tolist() == [0, 0, 1, 1, 1]
     assert data.extra["x_test"].shape == (5, 8, 8) and data.extra["y_test"].tolist() == [
@@ -169,14 +175,14 @@ def test_lab1_test_folder_is_the_validation_split_not_a_test_split(tmp_path):
         for i, name in enumerate(("Mel", "Nev")):
             write_png(tmp_path / "Skin" / split / f"{name}_{i}.png", seed=i)
             write_png(tmp_path / "Skin" / split / f"{name}_{i + 5}.png", seed=i + 5)
-    data = loader.load("skin", tmp_path, image_size=8)
+    data = load("skin", tmp_path, image_size=8)
     assert data.layout == "lab1" and len(data.y_val) == 4 and "x_test" not in data.extra
 
 
 def test_missing_validation_split(tmp_path):
     lab2_folder(tmp_path / "Skin", split_names=("train",))
     with pytest.raises(DataError, match="no validation split"):
-        loader.load("skin", tmp_path, image_size=8)
+        load("skin", tmp_path, image_size=8)
 
 
 def test_unreadable_image_is_named(tmp_path):
@@ -184,7 +190,7 @@ def test_unreadable_image_is_named(tmp_path):
     bad = root / "train" / "Nevi" / "broken.png"
     bad.write_bytes(b"this is not a png")
     with pytest.raises(DataError, match=f"cannot read image {bad}"):
-        loader.load("skin", root, image_size=8)
+        load("skin", root, image_size=8)
 
 
 def test_flat_file_without_class_token(tmp_path):
@@ -193,12 +199,12 @@ def test_flat_file_without_class_token(tmp_path):
         write_png(root / split / "Mel_1.png", 1)
         write_png(root / split / "lesion_2.png", 2)
     with pytest.raises(DataError, match="cannot tell the class of .*lesion_2.png"):
-        loader.load("skin", tmp_path, image_size=8)
+        load("skin", tmp_path, image_size=8)
 
 
 def test_unknown_data_set():
     with pytest.raises(ValueError, match="unknown data set 'brain'; known: " + ", ".join(CATALOG)):
-        loader.load("brain", None, image_size=8)
+        load("brain", None, image_size=8)
 
 
 # --- image/mask pairs (Lab 3) -------------------------------------------------------------
@@ -217,37 +223,71 @@ def pairs_folder(root, n=5, mask_suffix=""):
 
 def test_pairs_are_matched_binarized_and_split_80_20(tmp_path):
     pairs_folder(tmp_path / "Lab3" / "X_ray", n=10)
-    data = loader.load("lungs", tmp_path, image_size=20)
+    data = load("lungs", tmp_path, image_size=20)
     assert data.layout == "pairs"
     assert data.x_train.shape == (8, 20, 20) and data.x_val.shape == (2, 20, 20)
     assert data.y_train.shape == (8, 20, 20) and set(np.unique(data.y_train)) == {0, 1}
-    again = loader.load("lungs", tmp_path, image_size=20)
+    again = load("lungs", tmp_path, image_size=20)
     assert again.from_cache
     np.testing.assert_array_equal(again.y_val, data.y_val)  # the same split every time
 
 
+def test_a_study_files_split_sets_the_pairs_validation_share(tmp_path):
+    pairs_folder(tmp_path / "Lab3" / "X_ray", n=10)
+    task = tmp_path / "halves.toml"
+    task.write_text((studies_dir() / "unet_xray.toml").read_text()
+                    + "\n[split]\nvalidation_fraction = 0.5\n")
+    spec = load_spec(str(task))
+    halves = loader.load("lungs", tmp_path, 8, split=spec.split, synthetic=spec.synthetic)
+    assert halves.x_train.shape[0] == 5 and halves.x_val.shape[0] == 5
+    usual = load("lungs", tmp_path, image_size=8)
+    assert usual.x_val.shape[0] == 2 and not usual.from_cache  # another split, another entry
+    reseeded = load("lungs", tmp_path, image_size=8,
+                    split={"validation_fraction": 0.2, "seed": 1})
+    assert not reseeded.from_cache
+    assert not np.array_equal(reseeded.y_val, usual.y_val)  # other pairs for validation
+
+
+@pytest.mark.parametrize("fraction", [0.0, 1.0, 1.5])
+def test_a_split_without_both_sides_is_refused(tmp_path, fraction):
+    pairs_folder(tmp_path / "X_ray", n=5)
+    with pytest.raises(ValueError, match=r"\[split\] validation_fraction must be between 0 and 1"):
+        load("lungs", tmp_path, image_size=8, split={"validation_fraction": fraction, "seed": 0})
+
+
+def test_the_embedded_set_is_drawn_with_the_studys_synthetic_settings():
+    tiny = {**data_settings()["synthetic"],
+            "skin": {"n_train": 4, "n_val": 2, "size": 16, "seed": 0}}
+    data = load("skin", None, image_size=8, synthetic=tiny)
+    assert data.x_train.shape == (4, 8, 8) and data.x_val.shape == (2, 8, 8)
+    assert "skin-n_train4-n_val2-size16-seed0-" in data.source
+    other = load("skin", None, image_size=8,
+                 synthetic={**tiny, "skin": {**tiny["skin"], "seed": 1}})
+    assert other.source != data.source and not other.from_cache
+
+
 def test_ct_style_mask_names(tmp_path):
     pairs_folder(tmp_path / "X_ray", n=5, mask_suffix="_Mask")
-    assert loader.load("lungs", tmp_path / "X_ray", image_size=8).x_train.shape[0] == 4
+    assert load("lungs", tmp_path / "X_ray", image_size=8).x_train.shape[0] == 4
 
 
 def test_mask_without_image(tmp_path):
     root = pairs_folder(tmp_path / "X_ray", n=3)
     write_png(root / "Mask" / "Im9.png", 9)
     with pytest.raises(DataError, match="mask .*Im9.png has no image"):
-        loader.load("lungs", root, image_size=8)
+        load("lungs", root, image_size=8)
 
 
 def test_image_without_mask(tmp_path):
     root = pairs_folder(tmp_path / "X_ray", n=3)
     write_png(root / "Image" / "Im7.png", 7)
     with pytest.raises(DataError, match="1 image.s. in .* have no mask, e.g. Im7.png"):
-        loader.load("lungs", root, image_size=8)
+        load("lungs", root, image_size=8)
 
 
 def test_no_pairs_folder(tmp_path):
     with pytest.raises(DataError, match="no X_ray image/mask pairs"):
-        loader.load("lungs", tmp_path, image_size=8)
+        load("lungs", tmp_path, image_size=8)
 
 
 # --- one class is no classification: every split holds every class ---------------------
@@ -259,7 +299,7 @@ def test_lab1_folder_of_one_class_is_refused(tmp_path):
         for i in range(12):
             write_png(root / split / f"Mel_{i}.png", i, size=8)
     with pytest.raises(DataError) as error:
-        loader.load("skin", tmp_path, image_size=8)
+        load("skin", tmp_path, image_size=8)
     assert str(error.value) == (
         f"{(root / 'train').resolve()} holds only class 'Mel' (12 images); no image of class "
         "'Nev' — a classifier needs at least two classes")
@@ -273,14 +313,14 @@ def test_lab1_validation_without_a_class_is_refused(tmp_path):
             write_png(root / "test" / f"C{k}_{k + 10}.png", k, size=8)
     with pytest.raises(DataError, match=r"test holds classes 'C1' \(1 image\), 'C3' .*; no image "
                                         r"of class 'C2', 'C7' — each split needs images of all 9"):
-        loader.load("xray9", root, image_size=8)
+        load("xray9", root, image_size=8)
 
 
 def test_lab2_empty_class_folder_is_refused(tmp_path):
     root = lab2_folder(tmp_path / "Lab2" / "Skin", per_class=(3, 0))
     (root / "train" / "Nevi").mkdir(parents=True)
     with pytest.raises(DataError) as error:
-        loader.load("skin", tmp_path, image_size=8)
+        load("skin", tmp_path, image_size=8)
     assert str(error.value) == (
         f"{(root / 'train').resolve()} holds only class 'Mel' (3 images); no image of class "
         "'Nevi' (empty class folder) — a classifier needs at least two classes")
@@ -292,7 +332,7 @@ def test_lab2_validation_without_a_class_is_refused(tmp_path):
         image.unlink()
     with pytest.raises(DataError, match="validation holds only class 'Mel' .3 images.; no image "
                                         "of class 'Nevi'"):
-        loader.load("skin", tmp_path, image_size=8)
+        load("skin", tmp_path, image_size=8)
 
 
 @pytest.mark.parametrize(("labels", "expected"), [
@@ -307,5 +347,5 @@ def test_medmnist_split_of_one_class_is_refused(tmp_path, labels, expected):
         arrays[f"{split}_labels"][:] = label
     np.savez(path, **arrays)
     with pytest.raises(DataError) as error:
-        loader.load("skin", path, image_size=8)
+        load("skin", path, image_size=8)
     assert expected in str(error.value) and str(path) in str(error.value)

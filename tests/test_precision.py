@@ -52,7 +52,8 @@ def test_a_mixed_precision_trial_trains_with_a_finite_loss(tiny_skin, trial_run)
     spec = load_spec("lenet_skin")
     assert spec.training["precision"] == "float32"  # the default, from studies/_defaults.toml
     spec = dataclasses.replace(spec, training={**spec.training, "precision": MIXED})
-    problem = make_problem(spec, loader.load(spec.data, tiny_skin, 32))
+    problem = make_problem(spec, loader.load(spec.data, tiny_skin, 32, split=spec.split,
+                                                 synthetic=spec.synthetic))
     params = {k: v for k, v in spec.baselines[0].items() if k != "note"}
     with fresh_keras_session():
         model = run_trial(spec, problem, params, trial_run, epochs=1, seed=0).model

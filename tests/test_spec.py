@@ -219,6 +219,16 @@ BAD_KEYS = {  # study text -> (the table, the bad key, the suggestion)
                     "did you mean 'hyperband'?"),
     "no_pruner_args": (SPACE + '[pruner]\ntype = "none"\nn_warmup_steps = 3\n', "[pruner]",
                        "'n_warmup_steps' for 'none'", "known keys: type"),
+    "export": (SPACE + "[export]\ntolerence = 0.1\n", "[export]", "'tolerence'",
+               "did you mean 'tolerance'?"),
+    "artifacts": (SPACE + "[artifacts]\noverlay_image = 3\n", "[artifacts]", "'overlay_image'",
+                  "did you mean 'overlay_images'?"),
+    "split": (SPACE + "[split]\nvalidation_fractoin = 0.3\n", "[split]",
+              "'validation_fractoin'", "did you mean 'validation_fraction'?"),
+    "synthetic": (SPACE + "[synthetic.skin]\nn_vall = 3\n", "[synthetic.skin]", "'n_vall'",
+                  "did you mean 'n_val'?"),
+    "synthetic_set": (SPACE + "[synthetic.bones]\nsize = 64\n", "[synthetic]", "'bones'",
+                      "did you mean 'bone'?"),
 }
 
 
@@ -262,6 +272,11 @@ def test_a_task_without_model_is_refused(tmp_path):
     (SPACE + "x = \n", "not valid TOML"),
     ("[space]\nrate = { choices = [1, 2], low = 0 }\n",
      "[space.rate] mixes choices with low and high; give one or the other"),
+    (SPACE + "[artifacts]\noverlay_images = 2.5\n",
+     "[artifacts] overlay_images must be an integer"),
+    (SPACE + '[export]\ntolerance = "0.1"\n', "[export] tolerance must be a number"),
+    (SPACE + '[split]\nseed = "0"\n', "[split] seed must be an integer"),
+    (SPACE + "[synthetic.lungs]\nsize = 64.0\n", "[synthetic.lungs] size must be an integer"),
 ])
 def test_wrong_values_are_named(tmp_path, text, expected):
     with pytest.raises(ValueError) as error:
@@ -292,3 +307,27 @@ def test_the_cli_prints_a_bad_study_file_as_one_line(tmp_path, capsys):
     assert main(["tune", "--task", path]) == 2
     assert capsys.readouterr().err == (f"medtune: error: study file {path}: [space.dropout] "
                                        "unknown key 'hgih'; did you mean 'high'?\n")
+
+
+def test_export_artifacts_split_and_synthetic_settings_are_in_the_spec(tmp_path):
+    defaults = load_spec("unet_xray")
+    assert defaults.export == {"tolerance": 0.02}
+    assert defaults.artifacts == {"overlay_images": 6, "mask_threshold": 0.5}
+    assert defaults.split == {"validation_fraction": 0.2, "seed": 0}
+    assert defaults.synthetic["lungs"] == {"n_pairs": 234, "size": 128, "seed": 0}
+    spec = load_spec(write_study(tmp_path, SPACE + """
+[export]
+tolerance = 0.05
+[artifacts]
+overlay_images = 3
+[split]
+validation_fraction = 0.25
+[synthetic.skin]
+size = 64
+"""))
+    assert spec.export == {"tolerance": 0.05}
+    # A table merges key by key onto the defaults: what the file does not say stays.
+    assert spec.artifacts == {"overlay_images": 3, "mask_threshold": 0.5}
+    assert spec.split == {"validation_fraction": 0.25, "seed": 0}
+    assert spec.synthetic["skin"] == {"n_train": 1000, "n_val": 200, "size": 64, "seed": 0}
+    assert spec.synthetic["bone"] == defaults.synthetic["bone"]

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import data_settings
 from PIL import Image
 
 from datasets import synthetic as syn
@@ -133,7 +134,7 @@ def _dilate(mask: np.ndarray, steps: int) -> np.ndarray:
 
 @pytest.mark.parametrize("name", sorted(syn.GENERATORS))
 def test_images_use_a_sensible_intensity_range(tmp_path: Path, name: str) -> None:
-    out = syn.GENERATORS[name](tmp_path, size=SIZE, **FEW[name])
+    out = syn.GENERATORS[name](tmp_path, size=SIZE, seed=0, **FEW[name])
     for path in sorted(out.rglob("*.png")):
         if path.parent.name == "Mask":
             continue
@@ -153,7 +154,7 @@ def test_generators_registry() -> None:
 
 
 def test_size_argument(tmp_path: Path) -> None:
-    out = syn.write_skin(tmp_path, n_train=2, n_val=2, size=48)
+    out = syn.write_skin(tmp_path, n_train=2, n_val=2, size=48, seed=0)
     for path in out.rglob("*.png"):
         with Image.open(path) as image:
             assert image.size == (48, 48)
@@ -162,14 +163,15 @@ def test_size_argument(tmp_path: Path) -> None:
 
 def test_bad_arguments(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="n_train"):
-        syn.write_skin(tmp_path / "a", n_train=1, size=SIZE)  # a class would be empty
+        # a class would be empty
+        syn.write_skin(tmp_path / "a", n_train=1, n_val=2, size=SIZE, seed=0)
     with pytest.raises(ValueError, match="n_test"):
-        syn.write_xray9(tmp_path / "b", n_test=8, size=SIZE)
+        syn.write_xray9(tmp_path / "b", n_train=9, n_test=8, size=SIZE, seed=0)
     with pytest.raises(ValueError, match="seed"):
         syn.write_lungs(tmp_path / "c", n_pairs=1, size=SIZE, seed=-1)
-    syn.write_bone(tmp_path / "d", n_train=2, n_val=2, size=SIZE)
+    syn.write_bone(tmp_path / "d", n_train=2, n_val=2, size=SIZE, seed=0)
     with pytest.raises(FileExistsError):  # would mix with the older set's files
-        syn.write_bone(tmp_path / "d", n_train=2, n_val=2, size=SIZE)
+        syn.write_bone(tmp_path / "d", n_train=2, n_val=2, size=SIZE, seed=0)
 
 
 # ------------------------------------------------------------------------------ determinism
@@ -187,25 +189,25 @@ def test_same_seed_same_bytes_other_seed_other_bytes(tmp_path: Path, name: str) 
 
 
 def test_files_do_not_depend_on_threads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    threaded = _files(syn.write_skin(tmp_path / "threads", n_train=40, n_val=2, size=SIZE))
+    threaded = _files(syn.write_skin(tmp_path / "threads", n_train=40, n_val=2, size=SIZE, seed=0))
 
     def in_order(task: Callable[[int], None], n: int) -> None:
         for i in reversed(range(n)):  # another order, one thread
             task(i)
 
     monkeypatch.setattr(syn, "_parallel", in_order)
-    serial = _files(syn.write_skin(tmp_path / "serial", n_train=40, n_val=2, size=SIZE))
+    serial = _files(syn.write_skin(tmp_path / "serial", n_train=40, n_val=2, size=SIZE, seed=0))
     assert threaded == serial
 
 
 def test_images_within_a_set_differ(tmp_path: Path) -> None:
-    files = _files(syn.write_bone(tmp_path, n_train=10, n_val=2, size=SIZE))
+    files = _files(syn.write_bone(tmp_path, n_train=10, n_val=2, size=SIZE, seed=0))
     assert len(set(files.values())) == len(files)
 
 
 # ---------------------------------------------------------------------------------- ensure
 
-SMALL = {"n_train": 4, "n_val": 2, "size": SIZE}
+SMALL = {"n_train": 4, "n_val": 2, "size": SIZE, "seed": 0}
 
 
 def test_ensure_writes_once_into_a_folder_named_by_its_settings(
@@ -242,15 +244,19 @@ def test_ensure_with_other_settings_makes_another_set(tmp_path: Path) -> None:
     assert _files(a) != _files(b)
     with Image.open(next(c.rglob("*.png"))) as image:
         assert image.size == (40, 40)
-    # Defaults are spelled out, so an explicit default names the same set.
-    assert syn.ensure("bone", tmp_path, **SMALL, seed=0) == a
 
 
-def test_ensure_defaults_and_layout_for_every_set() -> None:
-    assert syn.set_folder("skin") == f"skin-n_train1000-n_val200-size128-seed0-v{syn.VERSION}"
-    assert syn.set_folder("bone") == f"bone-n_train1000-n_val200-size128-seed0-v{syn.VERSION}"
-    assert syn.set_folder("xray9") == f"xray9-n_train1800-n_test450-size128-seed0-v{syn.VERSION}"
-    assert syn.set_folder("lungs") == f"lungs-n_pairs234-size128-seed0-v{syn.VERSION}"
+def test_the_study_defaults_set_every_setting_of_every_set() -> None:
+    settings = data_settings()["synthetic"]
+    assert settings.keys() == syn.GENERATORS.keys()
+    for name, values in settings.items():
+        assert set(values) == set(syn.setting_names(name))
+    folders = {name: syn.set_folder(name, **values) for name, values in settings.items()}
+    v = syn.VERSION  # the embedded sets (and so their caches) of before the settings moved
+    assert folders == {"skin": f"skin-n_train1000-n_val200-size128-seed0-v{v}",
+                       "bone": f"bone-n_train1000-n_val200-size128-seed0-v{v}",
+                       "xray9": f"xray9-n_train1800-n_test450-size128-seed0-v{v}",
+                       "lungs": f"lungs-n_pairs234-size128-seed0-v{v}"}
 
 
 def test_ensure_rejects_unknown_names_and_settings(tmp_path: Path) -> None:
@@ -258,6 +264,8 @@ def test_ensure_rejects_unknown_names_and_settings(tmp_path: Path) -> None:
         syn.ensure("brain", tmp_path)
     with pytest.raises(TypeError):
         syn.ensure("lungs", tmp_path, n_train=3)
+    with pytest.raises(TypeError, match="seed"):  # no defaults: a study gives every setting
+        syn.ensure("lungs", tmp_path, n_pairs=3, size=SIZE)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -273,11 +281,11 @@ def test_interrupted_write_leaves_no_set_and_is_redone(
 
     monkeypatch.setitem(syn.GENERATORS, "lungs", dies_half_way)
     with pytest.raises(KeyboardInterrupt):
-        syn.ensure("lungs", tmp_path, n_pairs=3, size=SIZE)
+        syn.ensure("lungs", tmp_path, n_pairs=3, size=SIZE, seed=0)
     assert list(tmp_path.iterdir()) == []  # neither the set nor its temp folder
 
     monkeypatch.setitem(syn.GENERATORS, "lungs", real)
-    out = syn.ensure("lungs", tmp_path, n_pairs=3, size=SIZE)
+    out = syn.ensure("lungs", tmp_path, n_pairs=3, size=SIZE, seed=0)
     assert len(list((out / "Image").iterdir())) == 3
     assert len(list((out / "Mask").iterdir())) == 3
 
@@ -313,15 +321,15 @@ def test_left_over_temp_folders_are_not_taken_for_a_set(tmp_path: Path) -> None:
 
 
 def test_incomplete_set_in_place_is_rewritten(tmp_path: Path) -> None:
-    out = syn.ensure("xray9", tmp_path, n_train=9, n_test=9, size=SIZE)
+    out = syn.ensure("xray9", tmp_path, n_train=9, n_test=9, size=SIZE, seed=0)
     victim = next((out / "train").iterdir())
     victim.unlink()  # e.g. a user tidied up by hand: the marker's file count no longer holds
-    again = syn.ensure("xray9", tmp_path, n_train=9, n_test=9, size=SIZE)
+    again = syn.ensure("xray9", tmp_path, n_train=9, n_test=9, size=SIZE, seed=0)
     assert again == out
     assert victim.exists()
     assert len(list(out.rglob("*.png"))) == 18
     assert sorted(p.name for p in tmp_path.iterdir()) == [out.parent.parent.name]
 
     (out / syn.MARKER).unlink()  # no marker: not a finished set either
-    syn.ensure("xray9", tmp_path, n_train=9, n_test=9, size=SIZE)
+    syn.ensure("xray9", tmp_path, n_train=9, n_test=9, size=SIZE, seed=0)
     assert (out / syn.MARKER).is_file()

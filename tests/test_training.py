@@ -40,7 +40,8 @@ def test_a_trial_has_no_per_batch_callback_and_stops_on_a_non_finite_loss(tiny_s
 
     monkeypatch.setattr(keras.Model, "fit", spy)
     spec = load_spec("lenet_skin")
-    problem = make_problem(spec, loader.load(spec.data, tiny_skin, 32))
+    problem = make_problem(spec, loader.load(spec.data, tiny_skin, 32, split=spec.split,
+                                                 synthetic=spec.synthetic))
     params = {k: v for k, v in spec.baselines[0].items() if k != "note"}
     with fresh_keras_session():
         run_trial(spec, problem, params, trial_run, epochs=1, seed=0)

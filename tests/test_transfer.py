@@ -6,7 +6,7 @@ import keras
 import mlflow
 import numpy as np
 import pytest
-from conftest import TS, finished, runs, tune
+from conftest import TS, data_settings, finished, runs, tune
 
 from datasets import features, loader
 from models import build_model
@@ -24,7 +24,7 @@ def weights_file(tmp_path_factory):
 
 
 def test_features_are_extracted_once_and_cached(tiny_skin, weights_file):
-    data = loader.load("skin", tiny_skin, image_size=32)
+    data = loader.load("skin", tiny_skin, image_size=32, **data_settings())
     base = imagenet_base(32, str(weights_file))
     first, _ = features.extract(data, base)
     assert first.x_train.shape == (24, 1, 1, 512) and not first.from_cache
