@@ -287,16 +287,15 @@ def _compare(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from search.export import DEFAULT_TOLERANCE, export_best
+    from search.export import export_best
     from search.settings import DEFAULT_STORAGE
 
-    tolerance = DEFAULT_TOLERANCE if args.tolerance is None else args.tolerance
     done = export_best(args.study, args.storage or DEFAULT_STORAGE, name=args.name,
-                       tolerance=tolerance, tracking_uri=args.tracking_uri,
+                       tolerance=args.tolerance, tracking_uri=args.tracking_uri,
                        experiment=args.experiment)
     model = done.registered
     print(f"\nreplayed trial {done.trial}: {done.replayed:.4f} (recorded {done.recorded:.4f}, "
-          f"tolerance {tolerance})")
+          f"tolerance {done.tolerance})")
     print(f"registered {model.name} version {model.version} as champion"
           + (f"; version {model.previous} is now challenger" if model.previous else ""))
     print(f"  predict: mlflow.pyfunc.load_model({model.model_uri!r}).predict(['image.png'])")

@@ -25,7 +25,6 @@ from search.training import fresh_keras_session
 from search.trial import run_trial
 from search.urls import mask_password
 
-DEFAULT_TOLERANCE = 0.02  # on the objective, e.g. accuracy 0.875 replayed as 0.86 still passes
 SERVED_PACKAGES = ("tensorflow-cpu", "keras", "mlflow", "numpy", "pandas", "pillow")
 
 
@@ -39,6 +38,7 @@ class Export:
     trial: int
     recorded: float
     replayed: float
+    tolerance: float
 
 
 def requirements() -> list[str]:
@@ -82,16 +82,17 @@ def export_best(
     storage: str,
     *,
     name: str | None = None,
-    tolerance: float = DEFAULT_TOLERANCE,
+    tolerance: float | None = None,  # None: the study file's [export] tolerance
     tracking_uri: str | None = None,
     experiment: str | None = None,  # None: the task's name, as the study's
     verbose: bool = True,
 ) -> Export:
-    if tolerance < 0:
+    if tolerance is not None and tolerance < 0:
         raise ValueError(f"tolerance must be >= 0, got {tolerance}")
     study, best = best_trial(study_name, storage)
     recorded = study.user_attrs[SETTINGS_ATTR]  # the data and sizes the study was run with
     spec = load_spec(recorded["task"])
+    tolerance = spec.export["tolerance"] if tolerance is None else tolerance
     size, epochs = recorded["image_size"], recorded["epochs"]
     base = feature_base(recorded.get("base"), size, tracking_uri) if spec.transfer else None
     data = loader.load(spec.data, recorded["data_dir"], size, split=spec.split,
@@ -135,4 +136,4 @@ def export_best(
             preprocessing(spec.name, kind, size, data.class_names, config.get("loss", "")),
             name or study_name, requirements(),
         )
-    return Export(registered, best.number, best.value, replayed)
+    return Export(registered, best.number, best.value, replayed, tolerance)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -37,9 +36,6 @@ def state_dir() -> Path:
     return Path(os.environ.get("MEDTUNE_KERAS_TUNER_DIR", Path(".medtune") / "keras_tuner"))
 
 
-# A promoted trial continues from its parent's weights with a fresh optimizer, as Keras Tuner
-# intends; Keras warns about the optimizer state it skips each time.
-warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
 TS = optuna.trial.TrialState
 
 

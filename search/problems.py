@@ -12,6 +12,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from datasets.images import unit_range
 from datasets.loader import TaskData
 from datasets.pipeline import augmenter, make_dataset
 from models.gradcam import gradcam
@@ -116,7 +117,7 @@ class Classification:
         chosen = np.concatenate([np.flatnonzero(y == c)[:per_class]
                                  for c in range(self.data.n_classes)])
         images = self.data.x_val[chosen]
-        heatmaps = gradcam(model, images[..., None] / 255.0)
+        heatmaps = gradcam(model, unit_range(images[..., None]))
         run.log_figure(
             plots.gradcam_overlays(images, heatmaps, y[chosen], predicted[chosen],
                                    self.data.class_names, title=f"Grad-CAM, {title}"),
@@ -126,8 +127,6 @@ class Classification:
 
 class Segmentation:
     """Images and 0/1 masks; dice, precision and recall; overlays of true and predicted masks."""
-
-    n_overlays = 6
 
     def __init__(self, spec: StudySpec, data: TaskData):
         self.spec = spec
@@ -165,9 +164,11 @@ class Segmentation:
         self, run: TrialRun, model: keras.Model, val: tf.data.Dataset, config: Mapping,
         epoch: int, best_so_far: bool,
     ) -> None:
-        n = min(self.n_overlays, len(self.data.x_val))
+        settings = self.spec.artifacts
+        n = min(settings["overlay_images"], len(self.data.x_val))
         images = self.data.x_val[:n]
-        predicted = model.predict(images[..., None] / 255.0, verbose=0)[..., 0] > 0.5
+        scores = model.predict(unit_range(images[..., None]), verbose=0)[..., 0]
+        predicted = scores > settings["mask_threshold"]
         run.log_figure(
             plots.mask_overlays(images, self.data.y_val[:n], predicted,
                                 title=f"{run.name}: validation, epoch {epoch}"),

@@ -20,7 +20,7 @@ from search.holdout import REFIT_ATTR
 from search.problems import Classification, Segmentation
 from search.spec import StudySpec
 from search.tracking import StudyTracker, TrialRecord
-from search.training import fresh_keras_session
+from search.training import TrialFailed, fresh_keras_session
 from search.trial import fixed_params, run_trial
 
 
@@ -49,18 +49,23 @@ def refit_best(spec: StudySpec, problem: Classification | Segmentation, study: o
     fixed = {**fixed_params(spec, problem, best.params, epochs), "refit_of_trial": best.number,
              "initial_epoch": start}
     record = TrialRecord(best.number)
-    with tracker.trial_run(record, best.params, fixed, name=f"{study.study_name}-refit",
-                           kind="refit") as run, fresh_keras_session():
-        result = run_trial(spec, problem, best.params, run, epochs=epochs, seed=seed,
-                           restore=restore, is_best=lambda value: value > best.value,
-                           verbose=verbose)
-        champion = result.best_so_far  # else the trial's own weights stay the champion
-        if champion:
-            result.model.save_weights(holdout.refit_file(storage, study.study_name))
-        run.log_metrics({"refit.trial_value": best.value, "refit.champion": float(champion)})
     outcome = {"trial": best.number, "epochs": epochs, "from_epoch": start,
-               "trial_value": best.value, "value": result.value,
-               "best_epoch": result.best_epoch, "champion": champion,
-               "run_id": record.user_attrs.get("mlflow_run_id")}
+               "trial_value": best.value, "value": best.value, "best_epoch": start,
+               "champion": False}
+    try:
+        with tracker.trial_run(record, best.params, fixed, name=f"{study.study_name}-refit",
+                               kind="refit") as run, fresh_keras_session():
+            result = run_trial(spec, problem, best.params, run, epochs=epochs, seed=seed,
+                               restore=restore, is_best=lambda value: value > best.value,
+                               verbose=verbose)
+            if result.best_so_far:  # else the trial's own weights stay the champion
+                result.model.save_weights(holdout.refit_file(storage, study.study_name))
+            run.log_metrics({"refit.trial_value": best.value,
+                             "refit.champion": float(result.best_so_far)})
+        outcome |= {"value": result.value, "best_epoch": result.best_epoch,
+                    "champion": result.best_so_far}
+    except (optuna.TrialPruned, TrialFailed) as stop:  # stuck or diverged: the trial stays
+        outcome["stopped"] = str(stop)
+    outcome["run_id"] = record.user_attrs.get("mlflow_run_id")
     study.set_user_attr(REFIT_ATTR, outcome)
     return outcome

@@ -9,6 +9,7 @@ The trial owns its history: the MLflow run and the checkpoints read it, nothing 
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +22,10 @@ from search.spec import StudySpec
 from search.stopping import Stuck, StuckOrDiverged
 from search.tracking import TrialRun
 from search.training import EpochLines, best_epoch, check_finite, compiled_model, fit
+
+# A continued trial (a Hyperband promotion, the champion's refit) starts from kept weights with a
+# fresh optimizer, as Keras Tuner intends; Keras warns about the optimizer state it skips.
+warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
 
 # Loads earlier training into the compiled model (a checkpoint, or a Hyperband parent's
 # weights); returns the epochs it stands for and their history ({} when it has none).

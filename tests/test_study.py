@@ -349,3 +349,41 @@ def test_a_test_split_judges_the_best_trial_once_at_the_end(workdir, tiny_skin, 
     (row,) = [line for line in capsys.readouterr().out.splitlines()
               if line.startswith("| lenet_skin | 1 |")]
     assert f"| {round(test['test_accuracy'], 4)} |" in row
+
+
+def test_the_refit_continues_the_best_trial_and_the_champion_is_judged(workdir, tiny_skin,
+                                                                       capsys):
+    """--refit-epochs: the best trial continues from its best epoch's weights in its own child
+    run; it becomes the champion only if it beats the trial on validation, and the test split
+    judges whichever is the champion."""
+    import shutil
+
+    skin = tiny_skin / "Lab2" / "Skin"
+    shutil.copytree(skin / "validation", skin / "test")  # test = validation: scores must agree
+    assert tune(workdir, "--task", "lenet_skin", "--n-trials", "2", "--epochs", "2",
+                "--refit-epochs", "4", "--data-dir", str(tiny_skin)) == 0
+    study = optuna.load_study(study_name="lenet_skin", storage=f"sqlite:///{workdir}/optuna.db")
+    best = study.best_trial
+    refit = study.user_attrs["medtune_refit"]
+    assert (refit["trial"], refit["epochs"]) == (best.number, 4)
+    assert refit["from_epoch"] == best.user_attrs["best_epoch"]
+    assert refit["champion"] == (refit["value"] > best.value)
+    client, (parent,), children = runs(workdir)
+    (run,) = [c for c in children if c.info.run_name == "lenet_skin-refit"]
+    assert run.data.tags["medtune.kind"] == "refit" and run.info.run_id == refit["run_id"]
+    assert run.data.params["refit_of_trial"] == str(best.number)
+    steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_accuracy")]
+    assert steps and steps[0] == refit["from_epoch"] + 1 and steps[-1] <= 4
+    test = study.user_attrs["medtune_test"]
+    champion = refit["value"] if refit["champion"] else best.value
+    assert test["model"] == ("refit" if refit["champion"] else "trial")
+    assert test["test_accuracy"] == pytest.approx(champion, abs=1e-6)
+    assert f"refit of trial #{best.number} from epoch {refit['from_epoch']} to 4" in (
+        capsys.readouterr().out)
+    assert parent.data.tags["champion"] == ("refit" if refit["champion"] else "trial")
+    # `export` replays the trial, then registers the champion: the refit's weights if it won.
+    assert main(["export", "--study", "lenet_skin", "--storage", f"sqlite:///{workdir}/optuna.db",
+                 "--tracking-uri", f"sqlite:///{workdir}/mlflow.db"]) == 0
+    (exported,) = client.search_runs([parent.info.experiment_id],
+                                     "tags.`medtune.kind` = 'export'")
+    assert ("refit_value" in exported.data.metrics) == refit["champion"]
