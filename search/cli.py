@@ -12,7 +12,7 @@ import sys
 import time
 
 from search.engines import DEFAULT as DEFAULT_ENGINE
-from search.engines import ENGINES
+from search.engines import ENGINES, get_engine
 
 WORKER_ENV = "MEDTUNE_WORKER"  # set in the processes `--workers N` starts
 INTERRUPTED = 130  # the shell's code for a process ended by Ctrl-C
@@ -192,7 +192,7 @@ def _tune(args: argparse.Namespace, spec, argv: list[str]) -> int:
     run = functools.partial(run_study, spec, tracking_uri=args.tracking_uri,
                             experiment=args.experiment)
     if args.workers > 1:
-        if not ENGINES[settings.engine].parallel:
+        if not get_engine(settings.engine).parallel:
             raise ValueError(f"the {settings.engine} engine runs in one process: drop --workers")
         run(dataclasses.replace(settings, n_trials=0))  # the study and its parent run, once
         failed = _run_workers(gpus, argv)

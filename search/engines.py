@@ -11,12 +11,13 @@ import importlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from search.settings import DEFAULT_ENGINE, TuneSettings
+
 if TYPE_CHECKING:
     import optuna
 
     from search.problems import Classification, Segmentation
     from search.recovery import Recovery
-    from search.settings import TuneSettings
     from search.spec import StudySpec
     from search.tracking import StudyTracker
     from search.worker import MemoryGuard
@@ -38,7 +39,7 @@ class Engine:
         return importlib.import_module(self.module).describe(spec)
 
 
-DEFAULT = "optuna"
+DEFAULT = DEFAULT_ENGINE
 ENGINES: dict[str, Engine] = {e.name: e for e in (
     Engine("optuna", "search.optuna_engine",
            "Optuna: the study file's sampler and pruner, lab baselines first", True, True),

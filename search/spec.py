@@ -16,7 +16,6 @@ from search.consumers import check_consumers
 
 DEFAULTS = "_defaults.toml"
 BASELINE_KEYS = ("note", "budgets")  # a baseline's keys that are not params
-PRECISIONS = ("float32", "mixed_float16")  # `[training] precision`
 # What a study may maximize: validation metrics every trial logs per epoch.
 OBJECTIVES = {"classification": ("val_accuracy", "val_auc", "val_balanced_accuracy"),
               "segmentation": ("val_dice",)}
@@ -142,6 +141,8 @@ def _build(name: str, raw: dict, text: str) -> StudySpec:
         baselines.append({**params, "note": entry.get("note", ""), "budgets": budgets})
     kind = "segmentation" if isinstance(catalog.get(raw["data"]), catalog.MaskSet) else (
         "classification")
+    from search.training import PRECISIONS  # here: it imports Keras, as the builders' check does
+
     if raw["training"]["precision"] not in PRECISIONS:
         raise ValueError(f"[training] precision {raw['training']['precision']!r}: choose one of "
                          f"{', '.join(PRECISIONS)}")

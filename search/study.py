@@ -146,6 +146,7 @@ def run_study(
 ) -> tuple[optuna.Study, StudyTracker]:
     """Load the data once, then run trials until the study has `n_trials` counted ones (or
     until `guard` stops this worker to restart it with fresh memory)."""
+    engine = get_engine(settings.engine)  # an unknown one is named before any work is done
     # A missing transfer base is found before any data is decoded.
     base = feature_base(settings.base, settings.image_size, tracking_uri) if spec.transfer else None
     data = loader.load(spec.data, settings.data_dir, settings.image_size, split=spec.split,
@@ -159,7 +160,6 @@ def run_study(
     recovery = Recovery(spec.recovery)
     study = open_study(spec, settings, recovery)
     tracker = _start_tracking(spec, settings, study, problem, extra, tracking_uri, experiment)
-    engine = get_engine(settings.engine)
     if tracker.created and engine.queues_baselines:  # once, by the worker that made it
         enqueue_baselines(spec, study, settings.budget)
     recovery.tracker = tracker

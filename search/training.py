@@ -12,7 +12,6 @@ import tensorflow as tf
 from tqdm import tqdm
 
 from models import build_model, settings_from
-from search.spec import PRECISIONS
 
 OPTIMIZERS = {
     "adam": keras.optimizers.Adam,
@@ -21,6 +20,7 @@ OPTIMIZERS = {
 }
 # The study-file settings that training reads (compile_model here; the loss through the problem's
 # loss_and_metrics; batch_size through its datasets): `search.consumers` checks against them.
+PRECISIONS = ("float32", "mixed_float16")  # `[training] precision` of a study file
 TRAINING_SETTINGS = ("learning_rate", "optimizer", "loss", "batch_size")
 
 
