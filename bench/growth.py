@@ -60,7 +60,7 @@ def instrument(probe: Probe) -> None:
     from mlflow.tracking import MlflowClient
     from optuna_integration import KerasPruningCallback
 
-    import search.objective  # noqa: F401  (loads every callback class medtune defines)
+    import search.optuna_engine  # noqa: F401  (loads every callback class medtune defines)
     import search.plots
     from search.tracking import TrialRun
 
@@ -73,7 +73,7 @@ def instrument(probe: Probe) -> None:
                     if callable(v) and not n.startswith("_")], "storage_s")
     probe.wrap(KerasPruningCallback, "on_epoch_end", "pruning_s")
     probe.wrap(TrialRun, "log_epoch", "epoch_logging_s")
-    for kind in project_subclasses(keras.callbacks.Callback, exclude=("_EpochLogger",)):
+    for kind in project_subclasses(keras.callbacks.Callback, exclude=("TrialHistory",)):
         probe.wrap_all(kind, hooks(kind), "callbacks_s")
     probe.wrap_all(MlflowClient, ["create_run", "log_batch", "set_terminated", "set_tag",
                                   "log_text", "log_figure", "log_dict", "get_run"], "mlflow_s")
@@ -87,6 +87,7 @@ def instrument(probe: Probe) -> None:
 def run(args: argparse.Namespace) -> common.Result:
     import optuna
 
+    import search.optuna_engine
     import search.settings
     import search.study
     from search.spec import load_spec
@@ -109,7 +110,7 @@ def run(args: argparse.Namespace) -> common.Result:
             data_dir=str(data_dir), seed=args.seed, n_trials=budget["n_trials"], timeout=0,
             epochs=args.epochs, image_size=32,
         )
-        make_objective = search.study.make_objective
+        make_objective = search.optuna_engine.make_objective
 
         def recording_objective(*a: Any, **k: Any):
             objective = make_objective(*a, **k)
@@ -124,7 +125,7 @@ def run(args: argparse.Namespace) -> common.Result:
             marks["totals"] = probe.snapshot()
             return timed
 
-        search.study.make_objective = recording_objective
+        search.optuna_engine.make_objective = recording_objective
         try:
             with contextlib.redirect_stdout(io.StringIO()):
                 study, _ = search.study.run_study(
@@ -132,7 +133,7 @@ def run(args: argparse.Namespace) -> common.Result:
                     experiment="bench-growth", verbose=True, show_progress_bar=False,
                 )
         finally:
-            search.study.make_objective = make_objective
+            search.optuna_engine.make_objective = make_objective
         states = {t.number: t.state.name.lower() for t in study.trials}
     for row in rows:
         row["state"] = states.get(row["trial"], "?")

@@ -86,7 +86,7 @@ def instrument(probe: Probe) -> None:
     import datasets.loader
     import models
     import search.manifest
-    import search.objective  # noqa: F401  (loads every callback class medtune defines)
+    import search.optuna_engine  # noqa: F401  (loads every callback class medtune defines)
     import search.study
     from search.problems import Classification, Segmentation
     from search.tracking import StudyTracker, TrialRun
@@ -105,7 +105,7 @@ def instrument(probe: Probe) -> None:
                    "early stopping (best-weight copies)")
     probe.wrap(keras.callbacks.TerminateOnNaN, "on_batch_end",
                "NaN check per batch (TerminateOnNaN)")
-    for kind in project_subclasses(keras.callbacks.Callback, exclude=("_EpochLogger",)):
+    for kind in project_subclasses(keras.callbacks.Callback, exclude=("TrialHistory",)):
         probe.wrap_all(kind, hooks(kind), "medtune's callbacks (epoch lines, checkpoints, ...)")
     probe.wrap(keras.Model, "summary", "model summary")
     probe.wrap(TrialRun, "log_text", "model summary")

@@ -59,7 +59,8 @@ BUDGETS: dict[str, dict[str, Any]] = {
 ENGINES = {
     "medtune": "medtune's default study",
     "random": "Optuna random search, no pruning, no baselines",
-    "keras-tuner": "Keras Tuner Hyperband (factor 3, max epochs = epochs per trial)",
+    "keras-tuner": "Keras Tuner Hyperband (factor: [pruner] reduction_factor, "
+                   "max epochs = epochs per trial)",
     "lab-grid": "the lab baselines alone, each at the lab's epochs, truncated to the budget",
 }
 MEDMNIST = {"pneumonia": "pneumoniamnist.npz", "breast": "breastmnist.npz"}
@@ -205,8 +206,9 @@ def records(study: optuna.Study, engine: str) -> list[Trial]:
 
 
 def variants(spec: StudySpec) -> dict[str, Any]:
-    """The spec each engine runs (the grid: one per baseline). Keras Tuner ignores sampler,
-    pruner and baselines. The study file's text, logged with each study, says what changed."""
+    """The spec each engine runs (the grid: one per baseline). Keras Tuner ignores sampler and
+    baselines, and takes its factor from the pruner's `reduction_factor`. The study file's
+    text, logged with each study, says what changed."""
     def changed(note: str, **fields: Any) -> StudySpec:
         return dataclasses.replace(spec, **fields, source=spec.source
                                    + f"\n# bench.search_efficiency: {note}\n")
@@ -440,7 +442,7 @@ def judge(engine: str, trials: list[Trial], wall: float, data: DataSet, seed: in
     row["params"] = json.dumps(picked.params, sort_keys=True, default=str)
     if inside == picked.epochs and picked.run_id in scores.by_run:
         row["test"], row["test_from"] = scores.by_run[picked.run_id], "trial's model"
-    else:  # Keras Tuner's trials, and a trial the budget cut: retrain it to its in-budget end
+    else:  # a trial the budget cut: retrain it to its in-budget end
         epochs = picked.initial + inside
         row["replay_val"], row["test"] = replay(spec, problem, picked, epochs, data)
         why = "continued trial, replayed from scratch" if picked.initial else "replay"
@@ -593,13 +595,13 @@ def describe(args: argparse.Namespace, budget: dict, engines: list[str], sets: l
         "trials that completed (a pruned or failed trial's epochs count as spent and give no "
         "model). The picked model is the trial holding that value; its test accuracy is that "
         "trial's own model (best epoch's weights, scored when the trial ended: "
-        "`trial's model`), or, for Keras Tuner's trials and a trial the budget cut, a replay "
+        "`trial's model`, Keras Tuner's too), or, for a trial the budget cut, a replay "
         "with its params and seed for its epochs within the budget (`replay_val` is then the "
-        "replay's validation value). A Hyperband trial that continued from a checkpoint is "
-        "replayed from scratch for its total epochs. `epochs_to_grid_best`: epochs spent when "
+        "replay's validation value; a Hyperband trial that continued from its parent's weights "
+        "is replayed from scratch for its total epochs). `epochs_to_grid_best`: epochs spent when "
         "an engine first matched the grid's best of the same data and seed (for the grid: "
-        "where it found its own best; `inf`: never within the budget). Hyperband's trials all "
-        "end COMPLETE (Keras Tuner has no pruning: a trial not promoted stops at its rung). "
+        "where it found its own best; `inf`: never within the budget). Keras Tuner's trials end "
+        "COMPLETE (a trial not promoted stops at its rung) or, when stuck, PRUNED. "
         "`baseline_epochs`, `pruned_epochs`: epochs a study spent on the enqueued lab "
         "baselines and on trials its pruner stopped. Wall time: the study or studies, MLflow "
         "logging included, test scoring excluded.",
