@@ -12,14 +12,12 @@ from dataclasses import dataclass
 
 import optuna
 
-from datasets import features, loader
 from search.holdout import REFIT_ATTR, refit_file
 from search.manifest import package_versions
 from search.predictor import preprocessing
-from search.problems import make_problem
 from search.recovery import open_storage
 from search.spec import load_spec
-from search.study import SETTINGS_ATTR, data_record, feature_base
+from search.study import SETTINGS_ATTR, data_record, prepare_problem
 from search.tracking import Registered, export_run, register_model
 from search.training import fresh_keras_session
 from search.trial import run_trial
@@ -94,12 +92,9 @@ def export_best(
     spec = load_spec(recorded["task"])
     tolerance = spec.export["tolerance"] if tolerance is None else tolerance
     size, epochs = recorded["image_size"], recorded["epochs"]
-    base = feature_base(recorded.get("base"), size, tracking_uri) if spec.transfer else None
-    data = loader.load(spec.data, recorded["data_dir"], size, split=spec.split,
-                       synthetic=spec.synthetic)
-    if base is not None:
-        data, _ = features.extract(data, base)
-    problem = make_problem(spec, data)
+    problem, base, _ = prepare_problem(spec, recorded["data_dir"], size, recorded.get("base"),
+                                       tracking_uri)
+    data = problem.data
     config = problem.config(best.params)
     seed = best.user_attrs.get("seed", best.number)  # studies before the attr ran with seed 0
 

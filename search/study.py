@@ -12,7 +12,7 @@ from search import holdout
 from search.engines import DEFAULT as DEFAULT_ENGINE
 from search.engines import StudyRun, get_engine
 from search.manifest import manifest
-from search.problems import make_problem
+from search.problems import Classification, Segmentation, make_problem
 from search.pruners import make_pruner, make_sampler
 from search.recovery import JOURNAL, Recovery
 from search.refit import refit_best
@@ -87,6 +87,24 @@ def feature_base(base: str | None, size: int, tracking_uri: str | None) -> Featu
     return imagenet_base(size, base)
 
 
+def prepare_problem(spec: StudySpec, data_dir: str | None, image_size: int, base: str | None,
+                    tracking_uri: str | None
+                    ) -> tuple[Classification | Segmentation, FeatureBase | None, dict]:
+    """The study's data, decoded once (cached across studies), as the problem its trials get;
+    for a transfer task, also the frozen base and the features extracted with it. The third
+    value says how the features came (for the study's params)."""
+    # A missing transfer base is found before any data is decoded.
+    frozen = feature_base(base, image_size, tracking_uri) if spec.transfer else None
+    data = loader.load(spec.data, data_dir, image_size, split=spec.split,
+                       synthetic=spec.synthetic)
+    extra = {}
+    if frozen is not None:  # trials train only the head: extract the base's features up front
+        data, seconds = features.extract(data, frozen)
+        extra = {"transfer_base": frozen.identity, "features_cached": data.from_cache,
+                 "feature_seconds": round(seconds, 1)}
+    return make_problem(spec, data), frozen, extra
+
+
 def _start_tracking(spec: StudySpec, settings: TuneSettings, study: optuna.Study, problem,
                     extra: dict, tracking_uri: str | None, experiment: str | None
                     ) -> StudyTracker:
@@ -147,16 +165,8 @@ def run_study(
     """Load the data once, then run trials until the study has `n_trials` counted ones (or
     until `guard` stops this worker to restart it with fresh memory)."""
     engine = get_engine(settings.engine)  # an unknown one is named before any work is done
-    # A missing transfer base is found before any data is decoded.
-    base = feature_base(settings.base, settings.image_size, tracking_uri) if spec.transfer else None
-    data = loader.load(spec.data, settings.data_dir, settings.image_size, split=spec.split,
-                       synthetic=spec.synthetic)
-    extra = {}
-    if base is not None:  # trials train only the head: extract the base's features once, up front
-        data, seconds = features.extract(data, base)
-        extra = {"transfer_base": base.identity, "features_cached": data.from_cache,
-                 "feature_seconds": round(seconds, 1)}
-    problem = make_problem(spec, data)
+    problem, base, extra = prepare_problem(spec, settings.data_dir, settings.image_size,
+                                           settings.base, tracking_uri)
     recovery = Recovery(spec.recovery)
     study = open_study(spec, settings, recovery)
     tracker = _start_tracking(spec, settings, study, problem, extra, tracking_uri, experiment)
