@@ -3,7 +3,7 @@
 Each pair trains the same model (the task's first lab baseline, which is what trial 0 of a
 medtune study runs), on the same cached arrays, with the same config, epochs and seed:
 
-- plain: `set_random_seed`, build, compile, `model.fit(x / 255, y, validation_data=...)` on
+- plain: `set_random_seed`, build, compile, `model.fit(unit_range(x), y, validation_data=...)` on
   NumPy arrays, no callbacks: what a hand-written script does;
 - medtune: `run_study` of a new one-trial study (stores already created), everything included
   except loading the cached arrays (a plain script loads its data too; benchmark 3 times that).

@@ -320,8 +320,9 @@ class HeldOutScores:
 
 def replay(spec: StudySpec, problem: Classification, trial: Trial, epochs: int,
            data: DataSet) -> tuple[float, float]:
-    """Retrain a trial from scratch with its params and seed for `epochs` (as `medtune export`
-    replays a best trial): its best validation value and its test accuracy."""
+    """Retrain a trial from scratch with its params and seed for `epochs` (model, seed and
+    early stopping as a trial; no stuck stop, no logging): its best validation value and its
+    test accuracy."""
     import keras
 
     from search.training import best_epoch, compiled_model, fit, fresh_keras_session

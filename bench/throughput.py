@@ -3,7 +3,7 @@
 The same model (VGG16 of `vgg_skin`, its first lab baseline with batch 32), data, epochs and seed
 on the same device, in one process:
 
-- plain: build, compile, `model.fit(x / 255, y, validation_data=...)` on NumPy arrays, no
+- plain: build, compile, `model.fit(unit_range(x), y, validation_data=...)` on NumPy arrays, no
   callbacks;
 - medtune: `run_study` of a new one-trial study: its tf.data input and every callback a trial
   has (epoch lines, MLflow per-epoch logging, checkpoints, early stopping, NaN check, pruning).

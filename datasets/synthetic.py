@@ -38,7 +38,6 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
-from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -121,13 +120,6 @@ def _segment_distance(
     t = ((xx - x0) * dx + (yy - y0) * dy) / (dx * dx + dy * dy + 1e-12)
     t = np.clip(t, 0.0, 1.0)
     return np.hypot(xx - (x0 + t * dx), yy - (y0 + t * dy))
-
-
-def _polyline_distance(xx: np.ndarray, yy: np.ndarray, pts: np.ndarray) -> np.ndarray:
-    d = np.full_like(xx, np.inf)
-    for a, b in pairwise(pts):
-        d = np.minimum(d, _segment_distance(xx, yy, tuple(a), tuple(b)))
-    return d
 
 
 def _bezier(p0: np.ndarray, p1: np.ndarray, p2: np.ndarray, n: int = 10) -> np.ndarray:

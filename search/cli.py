@@ -194,7 +194,8 @@ def _tune(args: argparse.Namespace, spec, argv: list[str]) -> int:
     if args.workers > 1:
         if not get_engine(settings.engine).parallel:
             raise ValueError(f"the {settings.engine} engine runs in one process: drop --workers")
-        run(dataclasses.replace(settings, n_trials=0))  # the study and its parent run, once
+        # The study and its parent run, once; the refit waits for the workers' trials.
+        run(dataclasses.replace(settings, n_trials=0, refit_epochs=0))
         failed = _run_workers(gpus, argv)
         study, tracker = run(dataclasses.replace(settings, n_trials=0))  # the final summary
     else:

@@ -108,8 +108,12 @@ def export_best(
                     tracking_uri=tracking_uri) as run, fresh_keras_session():
         run.log_data(data_record(spec.data, data))
         # The trial as it ran (same lifecycle, params and seed), without a pruner to stop it.
-        result = run_trial(spec, problem, best.params, run, epochs=epochs, seed=seed,
-                           verbose=verbose)
+        try:
+            result = run_trial(spec, problem, best.params, run, epochs=epochs, seed=seed,
+                               verbose=verbose)
+        except optuna.TrialPruned as stop:  # stuck: the replay cannot reach the trial's value
+            raise ReplayMismatch(f"replaying trial {best.number} of {study_name!r} (seed {seed}) "
+                                 f"was stopped: {stop}. Not registered.") from None
         model, replayed = result.model, result.value
         run.log_metrics({"recorded_value": best.value, "replayed_value": replayed,
                          "replay_difference": replayed - best.value})

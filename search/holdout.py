@@ -57,6 +57,7 @@ def judge_best(spec, problem, study: optuna.Study, storage: str,
         best = study.best_trial
     except ValueError:  # no completed trial
         return None
+    refit = refit or study.user_attrs.get(REFIT_ATTR)  # an earlier run's, as export reads it
     refitted = bool(refit and refit["trial"] == best.number and refit["champion"])
     model_kind = "refit" if refitted else "trial"
     recorded = study.user_attrs.get(TEST_ATTR)

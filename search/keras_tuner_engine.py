@@ -37,6 +37,7 @@ def state_dir() -> Path:
 
 
 TS = optuna.trial.TrialState
+UNPROMOTABLE = -1.0
 
 
 def hyperparameters(hp: keras_tuner.HyperParameters, spec: StudySpec) -> dict[str, Any]:
@@ -87,8 +88,10 @@ class _Recorded(TrialRecord):
         return list(self.run.history.get(monitor, [])) if self.run else []
 
     def score(self, monitor: str) -> float:
-        """What Hyperband ranks the trial by: its value, or its best epoch when stuck."""
-        return self.value if self.value is not None else max(self.curve(monitor), default=0.0)
+        """What Hyperband ranks the trial by: its value; a stuck or failed trial (no weights
+        kept, nothing to continue) below any value a metric in [0, 1] takes, so it is never
+        promoted while another trial can be."""
+        return self.value if self.value is not None else UNPROMOTABLE
 
     def add_to(self, study: optuna.Study, spec: StudySpec, initial: int, seed: int) -> None:
         study.add_trial(optuna.trial.create_trial(
@@ -101,6 +104,8 @@ class _Recorded(TrialRecord):
             user_attrs={**self.user_attrs, "engine": "keras-tuner", "seed": seed,
                         "trial_seconds": round(time.monotonic() - self.started, 1)},
         ))
+
+
 class _Hyperband(keras_tuner.Hyperband):
     def __init__(self, job: StudyRun, **kwargs):
         self.job = job
@@ -140,7 +145,7 @@ class _Hyperband(keras_tuner.Hyperband):
                                       record.number)
                 record.set_user_attr("best_epoch", result.best_epoch)
             record.end(TS.COMPLETE, result.value)
-        except Stuck:  # recorded as pruned; Hyperband sees its score at chance and drops it
+        except Stuck:  # recorded as pruned; Hyperband ranks it below every trial (see score)
             record.end(TS.PRUNED, None)
         finally:  # failed trials too: Keras Tuner goes on, and so does the record
             record.add_to(job.study, job.spec, initial, seed)
@@ -149,7 +154,11 @@ class _Hyperband(keras_tuner.Hyperband):
     def _continue(self, parent: str, initial_epoch: int) -> Restore:
         """A promoted trial starts from its parent's best weights, at the parent's epochs."""
         def restore(model: keras.Model) -> tuple[int, dict]:
-            model.load_weights(self._get_checkpoint_fname(parent))
+            weights = self._get_checkpoint_fname(parent)
+            if not os.path.isfile(weights):  # the parent was stuck or failed: no weights kept
+                raise keras_tuner.errors.FailedTrialError(
+                    f"Keras Tuner trial {parent} kept no weights to continue from")
+            model.load_weights(weights)
             return initial_epoch, {}
         return restore
 

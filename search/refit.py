@@ -39,6 +39,9 @@ def refit_best(spec: StudySpec, problem: Classification | Segmentation, study: o
     kept = holdout.weights_file(storage, study.study_name, best.number)
     start = best.user_attrs.get("best_epoch", 0)
     if not kept.is_file() or start >= epochs:
+        why = (f"its best epoch {start} is not below {epochs}" if kept.is_file() else
+               f"its weights are not on this machine ({kept})")
+        print(f"medtune: no refit of trial #{best.number}: {why}", flush=True)
         return None
 
     def restore(model: keras.Model) -> tuple[int, dict]:

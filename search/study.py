@@ -6,7 +6,7 @@ from dataclasses import asdict
 
 import optuna
 
-from datasets import features, loader
+from datasets import catalog, features, loader
 from models.transfer import FeatureBase, imagenet_base, trained_base
 from search import holdout
 from search.engines import DEFAULT as DEFAULT_ENGINE
@@ -23,6 +23,19 @@ from search.urls import mask_password
 from search.worker import MemoryGuard
 
 SETTINGS_ATTR = "medtune_settings"  # what a continued study must agree on
+NEWER_SETTINGS = ("split", "synthetic")  # recorded since; older studies agree on them
+
+
+def data_settings(spec: StudySpec, data_dir: str | None) -> dict:
+    """The study file's settings that decide which images a study sees: how image/mask pairs
+    are split, and how the embedded synthetic set is drawn when no data folder is given."""
+    found = {}
+    dataset = catalog.get(spec.data)
+    if isinstance(dataset, catalog.MaskSet):
+        found["split"] = dict(spec.split)
+    if data_dir is None:
+        found["synthetic"] = dict(spec.synthetic[dataset.synthetic])
+    return found
 
 
 def open_study(
@@ -46,8 +59,14 @@ def open_study(
         identity["base"] = settings.base
     if settings.engine != DEFAULT_ENGINE:  # (studies of the default engine recorded none)
         identity["engine"] = settings.engine
+    identity |= data_settings(spec, settings.data_dir)
     study.set_user_attr("medtune_objective", spec.objective)  # for `compare`, which has no spec
     recorded = study.user_attrs.get(SETTINGS_ATTR)
+    # A study made before a setting was recorded agrees on it: it is added to its record.
+    if recorded is not None and (added := {k: v for k, v in identity.items()
+                                           if k in NEWER_SETTINGS and k not in recorded}):
+        recorded = {**recorded, **added}
+        study.set_user_attr(SETTINGS_ATTR, recorded)
     if recorded is None:
         study.set_user_attr(SETTINGS_ATTR, identity)
     elif recorded != identity:

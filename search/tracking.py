@@ -294,7 +294,7 @@ class StudyTracker:
         note = trial.user_attrs.get("baseline")
         if note:
             tags["medtune.baseline"] = note
-        name = name or f"{self.study_name}-t{trial.number:04d}"  # unique in the experiment
+        name = name or f"{self.study_name}-t{trial.number:04d}"  # unique across restarts
         run_id = self.client.create_run(self.experiment_id, run_name=name, tags=tags).info.run_id
         trial.set_user_attr("mlflow_run_id", run_id)
         log_params(self.client, run_id, {**fixed, **params})

@@ -55,8 +55,9 @@ class TrialHistory(keras.callbacks.Callback):
         self.values.clear()  # in place: subscribers follow this dict
         self.values.update({k: list(v) for k, v in earlier.items()})
         self.first = epochs - self.epochs
-        for subscriber in self.subscribers:
-            subscriber.resumed(earlier, self.epochs)
+        if earlier:  # a checkpoint's epochs; a promotion or a refit starts from weights alone
+            for subscriber in self.subscribers:
+                subscriber.resumed(earlier, self.epochs)
 
     def on_epoch_end(self, epoch: int, logs: Mapping[str, float] | None = None) -> None:
         for key, value in (logs or {}).items():

@@ -387,3 +387,27 @@ def test_the_refit_continues_the_best_trial_and_the_champion_is_judged(workdir, 
     (exported,) = client.search_runs([parent.info.experiment_id],
                                      "tags.`medtune.kind` = 'export'")
     assert ("refit_value" in exported.data.metrics) == refit["champion"]
+
+
+def test_a_study_continued_with_another_split_or_synthetic_set_is_refused(tmp_path):
+    """Which images a study sees is part of what its trials are compared on: the study file's
+    [split] (image/mask pairs) and [synthetic] (the embedded set) are recorded with it. A study
+    made before they were recorded agrees on them."""
+    import dataclasses
+
+    from search.settings import resolve_settings
+    from search.study import SETTINGS_ATTR, open_study
+
+    spec = load_spec("unet_xray")
+    settings = resolve_settings(spec, storage=f"sqlite:///{tmp_path}/o.db", n_trials=1)
+    study = open_study(spec, settings)
+    recorded = study.user_attrs[SETTINGS_ATTR]
+    assert recorded["split"] == spec.split and "synthetic" in recorded
+    other = dataclasses.replace(spec, split={**spec.split, "validation_fraction": 0.3})
+    with pytest.raises(ValueError, match="was made with split="):
+        open_study(other, settings)
+    # An older record without them: continued, and they are recorded from now on.
+    study.set_user_attr(SETTINGS_ATTR, {k: v for k, v in recorded.items()
+                                        if k not in ("split", "synthetic")})
+    study = open_study(other, settings)
+    assert study.user_attrs[SETTINGS_ATTR]["split"]["validation_fraction"] == 0.3
