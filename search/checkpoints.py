@@ -1,5 +1,6 @@
-"""Epoch checkpoints of a trial (weights, optimizer state, epoch and history), so a trial whose
-worker died is retried from its last checkpointed epoch instead of epoch 0.
+"""Epoch checkpoints of a trial (weights, optimizer state, epoch, history and the best epoch's
+weights), so a trial whose worker died is retried from its last checkpointed epoch instead of
+epoch 0, and still ends on its best epoch's weights.
 
 A checkpoint is a folder per saved epoch plus a `latest` file naming it, replaced atomically:
 a worker killed while saving leaves the previous checkpoint intact.
@@ -19,6 +20,8 @@ from pathlib import Path
 
 import keras
 import numpy as np
+
+from search.training import EarlierTraining, best_epoch
 
 
 def checkpoint_root() -> Path:
@@ -45,10 +48,10 @@ class Checkpoint:
     def exists(self) -> bool:
         return (self.folder / "latest").is_file()
 
-    def restore(self, model: keras.Model) -> tuple[int, dict[str, list[float]]]:
-        """Load the latest checkpoint into a compiled `model`; returns the epochs done and
-        their history."""
-        saved = self.folder / (self.folder / "latest").read_text().strip()
+    def restore(self, model: keras.Model) -> EarlierTraining:
+        """Load the latest checkpoint into a compiled `model`; returns the epochs done, their
+        history and the best epoch's weights."""
+        saved = self._latest()
         state = json.loads((saved / "state.json").read_text())
         model.load_weights(saved / "model.weights.h5")
         optimizer = model.optimizer
@@ -59,14 +62,28 @@ class Checkpoint:
             raise ValueError(f"checkpoint {saved} does not fit this model's optimizer")
         for variable, value in zip(optimizer.variables, values, strict=True):
             variable.assign(value)
-        return state["epoch"], state["history"]
+        best = None
+        if (saved / "best.npz").is_file():
+            with np.load(saved / "best.npz") as arrays:
+                best = [arrays[f"arr_{i}"] for i in range(len(arrays.files))]
+        return EarlierTraining(state["epoch"], state["history"], best)
 
-    def save(self, model: keras.Model, epoch: int, history: Mapping[str, list[float]]) -> None:
+    def _latest(self) -> Path:
+        return self.folder / (self.folder / "latest").read_text().strip()
+
+    def save(self, model: keras.Model, epoch: int, history: Mapping[str, list[float]],
+             best_weights: list[np.ndarray] | None = None) -> None:
+        """Save epoch `epoch`; `best_weights` are the best epoch's, None when the best epoch is
+        one the previous checkpoint already holds (it is carried over)."""
         target = self.folder / f"epoch-{epoch:04d}"
         shutil.rmtree(target, ignore_errors=True)
         target.mkdir(parents=True)
         model.save_weights(target / "model.weights.h5")
         np.savez(target / "optimizer.npz", *[v.numpy() for v in model.optimizer.variables])
+        if best_weights is not None:
+            np.savez(target / "best.npz", *best_weights)
+        elif self.exists() and (self._latest() / "best.npz").is_file():
+            shutil.copy2(self._latest() / "best.npz", target / "best.npz")
         (target / "state.json").write_text(json.dumps({"epoch": epoch, "history": dict(history)}))
         pointer = self.folder / "latest.tmp"
         pointer.write_text(target.name)
@@ -92,19 +109,26 @@ class Checkpoint:
             if not interrupted:
                 self.remove()
 
-    def callback(self, history: Mapping[str, list[float]]) -> keras.callbacks.Callback:
+    def callback(self, history: Mapping[str, list[float]], monitor: str
+                 ) -> keras.callbacks.Callback:
         """Saves every `every_s` seconds, at an epoch's end, with the trial's `history` (which
-        must already hold that epoch: put this callback after the trial's history)."""
-        return _Saver(self, history)
+        must already hold that epoch: put this callback after the trial's history) and the
+        weights of the epoch best on `monitor`."""
+        return _Saver(self, history, monitor)
 
 
 class _Saver(keras.callbacks.Callback):
-    def __init__(self, checkpoint: Checkpoint, history: Mapping[str, list[float]]):
+    def __init__(self, checkpoint: Checkpoint, history: Mapping[str, list[float]], monitor: str):
         super().__init__()
-        self.checkpoint, self.history = checkpoint, history
+        self.checkpoint, self.history, self.monitor = checkpoint, history, monitor
+        self.best_weights: list[np.ndarray] | None = None  # since the last save
         self.last = time.monotonic()
 
     def on_epoch_end(self, epoch: int, logs: Mapping[str, float] | None = None) -> None:
+        values = self.history.get(self.monitor)
+        if values and best_epoch(values)[1] == len(values):  # this epoch is the best so far
+            self.best_weights = self.model.get_weights()  # as early stopping keeps them
         if time.monotonic() - self.last >= self.checkpoint.every_s:
-            self.checkpoint.save(self.model, epoch + 1, self.history)
+            self.checkpoint.save(self.model, epoch + 1, self.history, self.best_weights)
+            self.best_weights = None
             self.last = time.monotonic()

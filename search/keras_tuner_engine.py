@@ -28,7 +28,7 @@ from search.objective import improves
 from search.spec import StudySpec
 from search.stopping import Stuck
 from search.tracking import TrialRecord, TrialRun
-from search.training import compiled_model, fresh_keras_session
+from search.training import EarlierTraining, compiled_model, fresh_keras_session
 from search.trial import Restore, fixed_params, run_trial
 
 
@@ -153,13 +153,13 @@ class _Hyperband(keras_tuner.Hyperband):
 
     def _continue(self, parent: str, initial_epoch: int) -> Restore:
         """A promoted trial starts from its parent's best weights, at the parent's epochs."""
-        def restore(model: keras.Model) -> tuple[int, dict]:
+        def restore(model: keras.Model) -> EarlierTraining:
             weights = self._get_checkpoint_fname(parent)
             if not os.path.isfile(weights):  # the parent was stuck or failed: no weights kept
                 raise keras_tuner.errors.FailedTrialError(
                     f"Keras Tuner trial {parent} kept no weights to continue from")
             model.load_weights(weights)
-            return initial_epoch, {}
+            return EarlierTraining(initial_epoch)
         return restore
 
     def _keep(self, trial_id: str, model: keras.Model) -> None:

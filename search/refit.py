@@ -20,7 +20,7 @@ from search.holdout import REFIT_ATTR
 from search.problems import Classification, Segmentation
 from search.spec import StudySpec
 from search.tracking import StudyTracker, TrialRecord
-from search.training import TrialFailed, fresh_keras_session
+from search.training import EarlierTraining, TrialFailed, fresh_keras_session
 from search.trial import fixed_params, run_trial
 
 
@@ -44,9 +44,9 @@ def refit_best(spec: StudySpec, problem: Classification | Segmentation, study: o
         print(f"medtune: no refit of trial #{best.number}: {why}", flush=True)
         return None
 
-    def restore(model: keras.Model) -> tuple[int, dict]:
+    def restore(model: keras.Model) -> EarlierTraining:
         model.load_weights(kept)
-        return start, {}
+        return EarlierTraining(start)
 
     seed = best.user_attrs.get("seed", best.number)
     fixed = {**fixed_params(spec, problem, best.params, epochs), "refit_of_trial": best.number,

@@ -6,8 +6,10 @@ import math
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 
 import keras
+import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
@@ -26,6 +28,16 @@ TRAINING_SETTINGS = ("learning_rate", "optimizer", "loss", "batch_size")
 
 class TrialFailed(RuntimeError):
     """A trial that cannot give a value (e.g. its loss diverged); the message says why."""
+
+
+@dataclass
+class EarlierTraining:
+    """What a trial continues from: the epochs already trained and, from a checkpoint, their
+    history and the best of them's weights (a promotion or a refit starts from weights alone)."""
+
+    epochs: int
+    history: Mapping[str, list[float]] = field(default_factory=dict)
+    best_weights: list[np.ndarray] | None = None
 
 
 def compile_model(model: keras.Model, config: Mapping, loss, metrics: list) -> None:
@@ -49,7 +61,7 @@ def compiled_model(spec, problem, config: Mapping) -> keras.Model:
 
 def fit(
     spec, problem, model: keras.Model, config: Mapping, *, epochs: int, seed: int,
-    initial_epoch: int = 0,
+    earlier: EarlierTraining | None = None,
     callbacks: Sequence[keras.callbacks.Callback] = (),
     pruning: keras.callbacks.Callback | None = None,
 ) -> tf.data.Dataset:
@@ -57,27 +69,47 @@ def fit(
     early on the objective with the best epoch's weights restored, and stopped on NaN.
 
     `callbacks` see every epoch first (history, loggers); `pruning` goes last, so a pruned epoch
-    is still logged. Returns the validation data the model was judged on.
+    is still logged. `earlier` continues from epochs trained before, and from a checkpoint's
+    best epoch. Returns the validation data the model was judged on.
     """
     train, val = problem.datasets(config, seed)
     model.fit(
         train,
         validation_data=val,
         epochs=epochs,
-        initial_epoch=initial_epoch,
+        initial_epoch=earlier.epochs if earlier else 0,
         shuffle=False,  # `train` reshuffles itself every epoch
         verbose=0,
         callbacks=[
             *callbacks,
             StopOnNonFinite(),
-            keras.callbacks.EarlyStopping(
-                spec.objective, mode="max", restore_best_weights=True,
+            EarlyStoppingFrom(
+                earlier, spec.objective, mode="max", restore_best_weights=True,
                 patience=spec.training["early_stopping_patience"],
             ),
             *([pruning] if pruning is not None else []),
         ],
     )
     return val
+
+
+class EarlyStoppingFrom(keras.callbacks.EarlyStopping):
+    """Keras' early stopping, picking up a checkpointed trial's: its best epoch so far, that
+    epoch's weights and the epochs waited since. So a retried trial ends on its best epoch's
+    weights (the value it reports) even when that epoch came before the retry."""
+
+    def __init__(self, earlier: EarlierTraining | None, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.earlier = earlier
+
+    def on_train_begin(self, logs: Mapping[str, float] | None = None) -> None:
+        super().on_train_begin(logs)
+        earlier = self.earlier
+        if earlier is None or earlier.best_weights is None or not earlier.history.get(self.monitor):
+            return
+        self.best, epoch = best_epoch(earlier.history[self.monitor])
+        self.best_epoch, self.best_weights = epoch - 1, earlier.best_weights  # Keras: 0-based
+        self.wait = earlier.epochs - epoch
 
 
 class StopOnNonFinite(keras.callbacks.Callback):

@@ -21,15 +21,22 @@ from search.problems import Classification, Segmentation
 from search.spec import StudySpec
 from search.stopping import Stuck, StuckOrDiverged
 from search.tracking import TrialRun
-from search.training import EpochLines, best_epoch, check_finite, compiled_model, fit
+from search.training import (
+    EarlierTraining,
+    EpochLines,
+    best_epoch,
+    check_finite,
+    compiled_model,
+    fit,
+)
 
 # A continued trial (a Hyperband promotion, the champion's refit) starts from kept weights with a
 # fresh optimizer, as Keras Tuner intends; Keras warns about the optimizer state it skips.
 warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
 
 # Loads earlier training into the compiled model (a checkpoint, or a Hyperband parent's
-# weights); returns the epochs it stands for and their history ({} when it has none).
-Restore = Callable[[keras.Model], tuple[int, Mapping[str, list[float]]]]
+# weights); returns what it stands for (epochs; a checkpoint's history and best weights).
+Restore = Callable[[keras.Model], EarlierTraining]
 
 
 @dataclass
@@ -107,18 +114,16 @@ def run_trial(
     keras.utils.set_random_seed(seed)  # before building: the same seed, the same start
     model = compiled_model(spec, problem, config)
     run.log_summary(model)
-    initial = 0
-    if restore is not None:
-        initial, earlier = restore(model)
-        history.resume(initial, earlier)
+    earlier = restore(model) if restore is not None else None
+    if earlier is not None:
+        history.resume(earlier.epochs, earlier.history)
     monitor = spec.objective
     watch = StuckOrDiverged(monitor, problem.chance().get(monitor.removeprefix("val_")),
                             spec.training)
     lines = [EpochLines(run.name, epochs)] if verbose else []
-    val = fit(spec, problem, model, config, epochs=epochs, initial_epoch=initial, seed=seed,
-              callbacks=[history, *lines, *([checkpoint.callback(history.values)] if checkpoint
-                                             else []), watch],
-              pruning=pruning)
+    saver = [checkpoint.callback(history.values, monitor)] if checkpoint else []
+    val = fit(spec, problem, model, config, epochs=epochs, earlier=earlier, seed=seed,
+              callbacks=[history, *lines, *saver, watch], pruning=pruning)
     check_finite(history.values)
     if watch.reason:  # its epochs are better spent on other trials
         raise Stuck(watch.reason)
