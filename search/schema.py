@@ -51,7 +51,8 @@ DIMENSION = Table(
     {"choices": list, "low": NUMBER, "high": NUMBER, "log": bool, "step": NUMBER, "when": str},
     required=(("choices",), ("low", "high")),
 )
-BUDGET = Table({"image_size": int, "epochs": int, "n_trials": int, "timeout": NUMBER},
+BUDGET = Table({"image_size": int, "epochs": int, "n_trials": int, "timeout": NUMBER,
+                "baselines": int},
                required=(("image_size", "epochs", "n_trials"),))
 TRAINING = {"early_stopping_patience": int, "stuck_after_epochs": int,
             "diverged_loss_factor": NUMBER, "precision": str}

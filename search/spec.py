@@ -139,6 +139,10 @@ def _build(name: str, raw: dict, text: str) -> StudySpec:
             raise ValueError(f"baseline {entry.get('note')!r}: budgets names no budget "
                              f"{', '.join(unknown)}; known: {', '.join(raw['budget'])}")
         baselines.append({**params, "note": entry.get("note", ""), "budgets": budgets})
+    for budget, table in raw["budget"].items():
+        if table.get("baselines", 0) < 0:
+            raise ValueError(f"[budget.{budget}] baselines = {table['baselines']}: the number "
+                             "of the study's baselines to queue first, 0 or more")
     kind = "segmentation" if isinstance(catalog.get(raw["data"]), catalog.MaskSet) else (
         "classification")
     from search.training import PRECISIONS  # here: it imports Keras, as the builders' check does

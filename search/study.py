@@ -92,11 +92,12 @@ def data_record(name: str, data) -> DataRecord:
 
 def enqueue_baselines(spec: StudySpec, study: optuna.Study, budget: str) -> None:
     """The lab's own settings first, as the bar for the search (the pruner judges them like any
-    trial); a baseline may be marked for some budgets only (`budgets = ["lab"]`)."""
-    for baseline in spec.baselines:
-        if budget in baseline["budgets"]:
-            study.enqueue_trial(baseline_params(baseline),
-                                user_attrs={"baseline": baseline["note"]}, skip_if_exists=True)
+    trial); a baseline may be marked for some budgets only (`budgets = ["lab"]`), and a budget
+    may queue only the first few (`baselines = 1` in `[budget.quick]`: the bar, not the grid)."""
+    queued = [b for b in spec.baselines if budget in b["budgets"]]
+    for baseline in queued[:spec.budget[budget].get("baselines", len(queued))]:
+        study.enqueue_trial(baseline_params(baseline),
+                            user_attrs={"baseline": baseline["note"]}, skip_if_exists=True)
 
 
 def feature_base(base: str | None, size: int, tracking_uri: str | None) -> FeatureBase:

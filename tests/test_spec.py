@@ -277,6 +277,8 @@ def test_a_task_without_model_is_refused(tmp_path):
     (SPACE + '[export]\ntolerance = "0.1"\n', "[export] tolerance must be a number"),
     (SPACE + '[split]\nseed = "0"\n', "[split] seed must be an integer"),
     (SPACE + "[synthetic.lungs]\nsize = 64.0\n", "[synthetic.lungs] size must be an integer"),
+    (SPACE + "[budget.quick]\nbaselines = -1\n",
+     "[budget.quick] baselines = -1: the number of the study's baselines to queue first"),
 ])
 def test_wrong_values_are_named(tmp_path, text, expected):
     with pytest.raises(ValueError) as error:
@@ -331,3 +333,16 @@ size = 64
     assert spec.split == {"validation_fraction": 0.25, "seed": 0}
     assert spec.synthetic["skin"] == {"n_train": 1000, "n_val": 200, "size": 64, "seed": 0}
     assert spec.synthetic["bone"] == defaults.synthetic["bone"]
+
+
+def test_the_quick_budget_queues_the_lab_recipe_and_the_lab_budget_every_baseline():
+    from search.study import enqueue_baselines
+
+    spec = load_spec("vgg_bone")  # five baselines, none marked for a budget
+    queued = {}
+    for budget in ("quick", "lab"):
+        study = optuna.create_study()
+        enqueue_baselines(spec, study, budget)
+        queued[budget] = [t.user_attrs["baseline"] for t in study.trials]
+    assert queued["quick"] == [spec.baselines[0]["note"]]  # the bar: the lab's first recipe
+    assert queued["lab"] == [b["note"] for b in spec.baselines]
