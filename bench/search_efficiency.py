@@ -567,6 +567,8 @@ def verdict(row: dict) -> str:
 def describe(args: argparse.Namespace, budget: dict, engines: list[str], sets: list[DataSet],
              seeds: list[int], spec: StudySpec, runs: pd.DataFrame,
              verdicts: list[str]) -> list[str]:
+    from search.study import queued_baselines
+
     b, e, s = budget["budget"], budget["epochs"], budget["image_size"]
     lab = spec.budget["lab"]["epochs"]
     data = "; ".join(
@@ -581,7 +583,8 @@ def describe(args: argparse.Namespace, budget: dict, engines: list[str], sets: l
         f"engine, the grid included); seeds {seeds}. Data: {data}.",
         "Engines: `medtune` = the task's default study: sampler "
         f"{json.dumps(spec.sampler)}, pruner {json.dumps(spec.pruner)}, the "
-        f"{len(spec.baselines)} lab baselines enqueued first; `random` = Optuna's random "
+        f"first {len(queued_baselines(spec, 'quick'))} of its lab baselines enqueued (the "
+        "quick budget's); `random` = Optuna's random "
         "sampler, no pruner, no baselines; `keras-tuner` = `engine=\"keras-tuner\"` (Hyperband, "
         f"factor 3, max epochs {e}); `lab-grid` = the lab baselines alone, in order, each at "
         f"the lab's {lab} epochs truncated to what is left of the budget (one single-trial "

@@ -90,12 +90,18 @@ def data_record(name: str, data) -> DataRecord:
     return DataRecord(name, data.fingerprint, data.source, counts, data.layout)
 
 
+def queued_baselines(spec: StudySpec, budget: str) -> list[dict]:
+    """The baselines a study in `budget` starts with: those marked for it (`budgets = ["lab"]`),
+    the first few of them where the budget says so (`baselines = 1` in `[budget.quick]`: the
+    bar, not the grid)."""
+    marked = [b for b in spec.baselines if budget in b["budgets"]]
+    return marked[:spec.budget[budget].get("baselines", len(marked))]
+
+
 def enqueue_baselines(spec: StudySpec, study: optuna.Study, budget: str) -> None:
     """The lab's own settings first, as the bar for the search (the pruner judges them like any
-    trial); a baseline may be marked for some budgets only (`budgets = ["lab"]`), and a budget
-    may queue only the first few (`baselines = 1` in `[budget.quick]`: the bar, not the grid)."""
-    queued = [b for b in spec.baselines if budget in b["budgets"]]
-    for baseline in queued[:spec.budget[budget].get("baselines", len(queued))]:
+    trial)."""
+    for baseline in queued_baselines(spec, budget):
         study.enqueue_trial(baseline_params(baseline),
                             user_attrs={"baseline": baseline["note"]}, skip_if_exists=True)
 
