@@ -15,6 +15,13 @@ from keras import layers
 # Under mixed precision a float16 sigmoid saturates at 1 - 2**-11 and a float16 margin or loss
 # loses digits: output layers compute in float32 whatever the model's policy.
 OUTPUT_DTYPE = "float32"
+# Batch norm's moving statistics (what validation and inference use) follow each batch's with
+# this weight of the old: PyTorch's default. Keras's 0.99 needs a few hundred steps to forget
+# its initial statistics, and a lab set (800 images in batches of 16: 50 steps an epoch) leaves
+# a BN model's validation accuracy at chance for its first epochs, however well it trains, so
+# the pruner's early rungs compared noise (real knee X-rays: 0.50 at epochs 1-6 with 0.99,
+# 0.56-0.60 with 0.9; training itself is unchanged). bench/RESULTS.md has the measurement.
+BN_MOMENTUM = 0.9
 
 Widths = int | str | Sequence[int]  # dense widths as `parse_widths` reads them
 
@@ -35,7 +42,7 @@ def conv_block(
         # A bias before batch norm is redundant: BN's beta plays its part.
         x = layers.Conv2D(filters, 3, padding="same", use_bias=not batch_norm, name=name)(x)
         if batch_norm:
-            x = layers.BatchNormalization()(x)
+            x = layers.BatchNormalization(momentum=BN_MOMENTUM)(x)
         x = layers.Activation("relu")(x)
     if spatial_dropout > 0:
         x = layers.SpatialDropout2D(spatial_dropout)(x)
@@ -49,7 +56,7 @@ def dense_stack(x, widths: Sequence[int], *, dropout: float = 0.0, batch_norm: b
     for width in widths:
         x = layers.Dense(width, use_bias=not batch_norm)(x)
         if batch_norm:
-            x = layers.BatchNormalization()(x)
+            x = layers.BatchNormalization(momentum=BN_MOMENTUM)(x)
         x = layers.Activation("relu")(x)
         if dropout > 0:
             x = layers.Dropout(dropout)(x)
