@@ -4,7 +4,8 @@ The budget is the total number of training epochs across all trials (a pruned tr
 epochs it ran). On the same task (LeNet, `lenet_skin`'s search space), data and budget, four
 engines run through medtune itself (`search.study.run_study`, `epoch_budget`):
 
-- `medtune`: the task's default study (TPE, the study file's pruner, lab baselines first);
+- `medtune`: the task's default study (TPE, the study file's pruner, lab baselines first,
+  then `[start]`);
 - `random`: Optuna random search, no pruning, no baselines;
 - `keras-tuner`: Keras Tuner Hyperband (`engine="keras-tuner"`, max epochs = epochs per trial);
 - `lab-grid`: the lab baselines alone, one after the other, each at the lab's epoch count
@@ -215,11 +216,12 @@ def variants(spec: StudySpec) -> dict[str, Any]:
 
     return {
         "medtune": spec,
-        "random": changed("random sampler, no pruner, no baselines", baselines=[],
-                          sampler={"type": "random"}, pruner={"type": "none"}),
+        "random": changed("random sampler, no pruner, no baselines, no start", baselines=[],
+                          start={}, sampler={"type": "random"}, pruner={"type": "none"}),
         "keras-tuner": spec,
         "lab-grid": [changed(f"lab grid, baseline {i} alone, no pruner", baselines=[b],
-                             pruner={"type": "none"}) for i, b in enumerate(spec.baselines)],
+                             start={}, pruner={"type": "none"})
+                     for i, b in enumerate(spec.baselines)],
     }
 
 

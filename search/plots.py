@@ -152,7 +152,8 @@ def trials_table(study):
     keep = [c for c in table.columns if not c.startswith("user_attrs_")] + [
         c for c in ("user_attrs_epochs_run", "user_attrs_best_epoch",
                     "user_attrs_pruned_at_epoch", "user_attrs_fail_reason",
-                    "user_attrs_baseline", "user_attrs_mlflow_run_id") if c in table.columns]
+                    "user_attrs_baseline", "user_attrs_start", "user_attrs_mlflow_run_id")
+        if c in table.columns]
     table = table[keep].rename(columns=lambda c: c.removeprefix("user_attrs_"))
     if "fail_reason" in table:  # an error's text may hold a storage URL
         table["fail_reason"] = table["fail_reason"].map(

@@ -73,6 +73,7 @@ STUDY = Table(
         "augment_space": Table(named=DIMENSION),
         "baseline_defaults": Table(free=True),  # search dimensions: checked when built
         "baselines": Tables(Table(free=True)),  # likewise
+        "start": Table(free=True),  # likewise, kept where the task searches them
         "budget": Table(named=BUDGET),
         "sampler": OptunaOptions(SAMPLERS, "tpe", {"seed": "the seed comes from --seed"}),
         "pruner": OptunaOptions(PRUNERS, "median"),

@@ -34,6 +34,7 @@ class StudySpec:
     space: dict[str, optuna.distributions.BaseDistribution]
     conditions: dict[str, str]  # param -> the boolean param that must be true to search it
     baselines: list[dict[str, Any]]  # params for every space dimension, "note" and "budgets"
+    start: dict[str, Any]  # medtune's first guess (`[start]`): params and "note"; {} for none
     budget: dict[str, dict[str, Any]]
     sampler: dict[str, Any]
     pruner: dict[str, Any]
@@ -163,6 +164,7 @@ def _build(name: str, raw: dict, text: str) -> StudySpec:
         space=space,
         conditions=conditions,
         baselines=baselines,
+        start=start_params(raw.get("start", {}), space, conditions, defaults, baselines),
         budget=raw["budget"],
         sampler=raw["sampler"],
         pruner=raw["pruner"],
@@ -176,6 +178,20 @@ def _build(name: str, raw: dict, text: str) -> StudySpec:
         synthetic=raw["synthetic"],
         source=text,
     )
+
+
+def start_params(start: dict, space: dict, conditions: dict[str, str], defaults: dict,
+                 baselines: list[dict]) -> dict[str, Any]:
+    """`[start]` made this task's: the lab's first recipe with the start's settings, those the
+    task searches and whose values lie in its ranges (a transfer head has no batch norm to
+    switch on; a space without batch 16 keeps the lab's). Empty without a note."""
+    if not start.get("note"):
+        return {}
+    first = baseline_params(baselines[0]) if baselines else {}
+    own = {k: v for k, v in start.items() if k in space and contains(space[k], v)}
+    params = {**defaults, **first, **own}
+    params = {k: v for k, v in params.items() if active(k, params, conditions)}
+    return {**params, "note": start["note"]}
 
 
 def active(param: str, params: dict, conditions: dict[str, str]) -> bool:

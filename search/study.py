@@ -99,11 +99,14 @@ def queued_baselines(spec: StudySpec, budget: str) -> list[dict]:
 
 
 def enqueue_baselines(spec: StudySpec, study: optuna.Study, budget: str) -> None:
-    """The lab's own settings first, as the bar for the search (the pruner judges them like any
-    trial)."""
+    """The lab's own settings first, as the bar for the search, then `[start]` (the pruner judges
+    them like any trial)."""
     for baseline in queued_baselines(spec, budget):
         study.enqueue_trial(baseline_params(baseline),
                             user_attrs={"baseline": baseline["note"]}, skip_if_exists=True)
+    if spec.start:  # then medtune's own first guess, judged the same way
+        study.enqueue_trial(baseline_params(spec.start),
+                            user_attrs={"start": spec.start["note"]}, skip_if_exists=True)
 
 
 def feature_base(base: str | None, size: int, tracking_uri: str | None) -> FeatureBase:

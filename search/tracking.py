@@ -291,9 +291,9 @@ class StudyTracker:
             "medtune.trial_number": str(trial.number),
             "medtune.device": device_tag(),
         }
-        note = trial.user_attrs.get("baseline")
-        if note:
-            tags["medtune.baseline"] = note
+        for queued in ("baseline", "start"):  # a lab baseline, or medtune's first guess
+            if trial.user_attrs.get(queued):
+                tags[f"medtune.{queued}"] = trial.user_attrs[queued]
         name = name or f"{self.study_name}-t{trial.number:04d}"  # unique across restarts
         run_id = self.client.create_run(self.experiment_id, run_name=name, tags=tags).info.run_id
         trial.set_user_attr("mlflow_run_id", run_id)

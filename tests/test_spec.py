@@ -343,6 +343,30 @@ def test_the_quick_budget_queues_the_lab_recipe_and_the_lab_budget_every_baselin
     for budget in ("quick", "lab"):
         study = optuna.create_study()
         enqueue_baselines(spec, study, budget)
-        queued[budget] = [t.user_attrs["baseline"] for t in study.trials]
-    assert queued["quick"] == [spec.baselines[0]["note"]]  # the bar: the lab's first recipe
-    assert queued["lab"] == [b["note"] for b in spec.baselines]
+        queued[budget] = [t.user_attrs.get("baseline") or t.user_attrs["start"]
+                          for t in study.trials]
+    # The bar (the lab's first recipe), then medtune's start; budget lab: the whole grid first.
+    assert queued["quick"] == [spec.baselines[0]["note"], spec.start["note"]]
+    assert queued["lab"] == [b["note"] for b in spec.baselines] + [spec.start["note"]]
+
+
+def test_the_start_is_the_lab_recipe_with_the_start_settings_the_task_searches(tmp_path):
+    spec = load_spec(write_study(tmp_path, """
+[space]
+base = { choices = [8, 16] }
+learning_rate = { low = 1e-5, high = 1e-1, log = true }
+batch_size = { choices = [8, 32] }
+augment = { choices = [false, true] }
+[[baselines]]
+note = "lab"
+base = 16
+learning_rate = 1e-2
+batch_size = 8
+"""))
+    # batch_norm and optimizer are not searched here; batch 16 is outside the choices.
+    assert spec.start == {"base": 16, "learning_rate": 3e-4, "batch_size": 8, "augment": True,
+                          "aug_rotation": 0.05, "aug_shift": 0.1, "aug_zoom": 0.2,
+                          "aug_flip": "horizontal", "aug_brightness": 0.0,
+                          "aug_contrast": 0.0, "note": load_spec("vgg_bone").start["note"]}
+    none = load_spec(write_study(tmp_path, SPACE + '[start]\nnote = ""\n'))
+    assert none.start == {}

@@ -37,12 +37,17 @@ def test_two_trial_study_logs_parent_children_epochs_and_plots(workdir, tiny_ski
     assert parent.data.tags["best_run_id"] == best.user_attrs["mlflow_run_id"]
 
     assert [c.info.run_name for c in children] == ["vgg_skin-t0000", "vgg_skin-t0001"]
-    # The quick budget queues the lab's first recipe (the bar), then the sampler proposes.
+    # The quick budget queues the lab's first recipe (the bar).
     lab = load_spec("vgg_skin").baselines[0]
     assert children[0].data.tags["medtune.baseline"] == lab["note"]
     assert float(children[0].data.params["learning_rate"]) == lab["learning_rate"]
     assert children[0].data.params["base"] == str(lab["base"])
+    # Then medtune's own first guess: the lab's recipe with batch norm, Adam, augmentation.
+    start = load_spec("vgg_skin").start
     assert "medtune.baseline" not in children[1].data.tags
+    assert children[1].data.tags["medtune.start"] == start["note"]
+    assert children[1].data.params["batch_norm"] == "True"
+    assert children[1].data.params["base"] == str(lab["base"])
     for child, trial in zip(children, trials, strict=True):
         assert child.info.status == "FINISHED"
         assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
