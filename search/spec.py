@@ -187,9 +187,14 @@ def start_params(start: dict, space: dict, conditions: dict[str, str], defaults:
     switch on; a space without batch 16 keeps the lab's). Empty without a note."""
     if not start.get("note"):
         return {}
+    def inside(params: dict) -> dict:
+        return {k: v for k, v in params.items() if k in space and contains(space[k], v)}
+
+    own = inside(start)
+    if not own:  # nothing of it is searched here: the sampler's trials are as good a start
+        return {}
     first = baseline_params(baselines[0]) if baselines else {}
-    own = {k: v for k, v in start.items() if k in space and contains(space[k], v)}
-    params = {**defaults, **first, **own}
+    params = {**inside(defaults), **first, **own}
     params = {k: v for k, v in params.items() if active(k, params, conditions)}
     return {**params, "note": start["note"]}
 

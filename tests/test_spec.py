@@ -370,3 +370,6 @@ batch_size = 8
                           "aug_contrast": 0.0, "note": load_spec("vgg_bone").start["note"]}
     none = load_spec(write_study(tmp_path, SPACE + '[start]\nnote = ""\n'))
     assert none.start == {}
+    # Nothing of the start is searched (or all of it lies outside the ranges): no start.
+    untouched = load_spec(write_study(tmp_path, SPACE + 'batch_size = { choices = [8] }\n'))
+    assert untouched.start == {}

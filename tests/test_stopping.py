@@ -33,6 +33,19 @@ def test_a_constant_predictor_is_stuck_after_the_warm_up():
     assert watch.model.stop_training
 
 
+def test_noise_above_chance_with_constant_scores_is_stuck_and_a_clear_lead_is_not():
+    """Scores that do not rank the classes (AUC 0.5) leave a few images above the majority
+    rate by chance: that is not learning. A clear lead is left alone."""
+    noise = feed(StuckOrDiverged("val_accuracy", 0.5, SETTINGS),
+                 [(0.83, 0.52, 0.512), (0.75, 0.49, 0.491), (0.73, 0.51, 0.496)])
+    assert noise.reason == ("stuck: val_accuracy 0.5200 after 3 epochs, 0.0200 above chance "
+                            "(0.5000), by noise; validation AUC 0.496: the predictions are "
+                            "constant")
+    lead = feed(StuckOrDiverged("val_accuracy", 0.5, SETTINGS),
+                [(0.69, 0.5, 0.5), (0.69, 0.58, 0.5), (0.69, 0.56, 0.5)])
+    assert lead.reason is None
+
+
 def test_a_slow_starter_whose_scores_rank_the_classes_is_left_alone():
     """At chance by accuracy for its first epochs (all scores below 0.5), but ranking."""
     watch = feed(StuckOrDiverged("val_accuracy", 0.5, SETTINGS),
