@@ -33,6 +33,18 @@ def test_a_constant_predictor_is_stuck_after_the_warm_up():
     assert watch.model.stop_training
 
 
+def test_a_resumed_trial_warms_up_again_from_its_resume_point():
+    """A retried trial resumes at its checkpoint (here epoch 10): the stuck check counts the
+    epochs it trains from there, not the total."""
+    watch = StuckOrDiverged("val_accuracy", 0.5, SETTINGS)
+    watch.set_model(FakeModel())
+    for epoch in (10, 11):
+        watch.on_epoch_end(epoch, {"loss": 0.69, "val_accuracy": 0.5, "val_auc": 0.5})
+        assert watch.reason is None
+    watch.on_epoch_end(12, {"loss": 0.69, "val_accuracy": 0.5, "val_auc": 0.5})
+    assert watch.reason.startswith("stuck: val_accuracy 0.5000 after 13 epochs")
+
+
 def test_noise_above_chance_with_constant_scores_is_stuck_and_a_clear_lead_is_not():
     """Scores that do not rank the classes (AUC 0.5) leave a few images above the majority
     rate by chance: that is not learning. A clear lead is left alone."""
