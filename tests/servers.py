@@ -46,6 +46,13 @@ from pathlib import Path
 import pytest
 
 HOST = "127.0.0.1"
+
+
+def ctrl_c_reaches_it() -> None:
+    """A child's `preexec_fn`: Ctrl-C (SIGINT) acts on it as on a command typed in a terminal.
+    A test run started in the background (`.ci/run &`) ignores SIGINT, and children inherit
+    that, so a test that sends SIGINT would otherwise see nothing happen."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 PG_ROLE = "medtune"
 PG_SUPERUSER = "postgres"  # the cluster's bootstrap superuser: unix socket only, no password
 PG_OS_USER = "postgres"  # who runs the server when the tests run as root

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
+from servers import ctrl_c_reaches_it
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
@@ -80,7 +81,8 @@ def serves(argv: list[str], cwd: Path, env: dict[str, str], url: str) -> str:
     except OSError:
         pass
     server = subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True, start_new_session=True)
+                              stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                              preexec_fn=ctrl_c_reaches_it)
     try:
         deadline = time.monotonic() + 120
         while True:
@@ -94,5 +96,5 @@ def serves(argv: list[str], cwd: Path, env: dict[str, str], url: str) -> str:
                 time.sleep(1)
     finally:
         os.killpg(server.pid, signal.SIGINT)
-        output = server.communicate(timeout=180)[0]  # a loaded machine stops slowly
+        output = server.communicate(timeout=60)[0]
     return output

@@ -11,6 +11,7 @@ import optuna
 import pytest
 from conftest import TS
 from mlflow.tracking import MlflowClient
+from servers import ctrl_c_reaches_it
 
 from search.worker import owner_alive, owner_id
 
@@ -155,10 +156,10 @@ def test_kill_9_twice_through_mlflow_run_loses_nothing(tmp_path, skin_data):
 def test_ctrl_c_ends_with_one_line_and_the_cut_trial_is_retried(tmp_path, skin_data):
     storage, tracking = f"sqlite:///{tmp_path}/optuna.db", f"sqlite:///{tmp_path}/mlflow.db"
     command = tune_command(study_file(tmp_path), skin_data, storage, tracking,
-                           "--epochs", "8", "--n-trials", "2")  # 6 epochs to hit one at 2
+                           "--epochs", "4", "--n-trials", "2")
     env = child_env(tmp_path)
     worker = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True)
+                              stderr=subprocess.PIPE, text=True, preexec_fn=ctrl_c_reaches_it)
     victim = running_trial(storage, "lenet_recover", worker, epochs=2, skip=[])
     worker.send_signal(signal.SIGINT)
     _, err = worker.communicate(timeout=120)
