@@ -83,5 +83,7 @@ def make_dataset(
     if raw:
         ds = ds.map(lambda x, y: (unit_range(x), y), num_parallel_calls=tf.data.AUTOTUNE)
     if augment is not None:
-        ds = ds.map(augment, num_parallel_calls=tf.data.AUTOTUNE)
+        # One batch at a time: the random layers share one seed state, and parallel calls
+        # would take their draws in a racing order, so a replay (export) would not repeat.
+        ds = ds.map(augment)
     return ds.prefetch(tf.data.AUTOTUNE)

@@ -15,6 +15,7 @@ from pathlib import Path
 import mlflow
 import mlflow.pyfunc
 import numpy as np
+import optuna
 import pytest
 from conftest import runs, tune, write_png
 from mlflow.tracking import MlflowClient
@@ -97,6 +98,20 @@ def test_the_replay_gate_refuses_a_tampered_value(lenet_study, capsys):
     assert run.data.metrics["recorded_value"] - run.data.metrics["replayed_value"] > 0.25
     client = MlflowClient(f"sqlite:///{workdir}/mlflow.db")
     assert not client.search_registered_models("name = 'lenet_skin'")
+
+
+def test_an_augmented_trial_replays_within_the_tolerance(lenet_study):
+    """Augmentation draws from seeded layers: the replay must see the transforms the trial saw."""
+    workdir = lenet_study
+    with sqlite3.connect(workdir / "optuna.db") as db:  # make the start trial (augmented) the best
+        db.execute("UPDATE trial_values SET value = -1 WHERE trial_id IN "
+                   "(SELECT trial_id FROM trials WHERE number = 0)")
+    best = optuna.load_study(study_name="lenet_skin",
+                             storage=f"sqlite:///{workdir}/optuna.db").best_trial
+    assert best.number == 1 and best.params["augment"] is True
+    assert export(workdir, "--study", "lenet_skin", "--tolerance", "0.001") == 0
+    (run,) = export_runs(workdir)
+    assert run.data.metrics["replayed_value"] == pytest.approx(best.value, abs=0.001)
 
 
 @pytest.mark.parametrize("args, message", [

@@ -54,3 +54,19 @@ def test_image_and_mask_get_the_same_geometric_transform():
 def test_unknown_flip_is_refused():
     with pytest.raises(ValueError, match="augmentation flip 'diagonal'"):
         augmenter({"flip": "diagonal"}, seed=0)
+
+
+def test_the_same_seed_gives_the_same_augmented_epochs():
+    """`medtune export` replays a trial and gates on its value: its augmentation must repeat."""
+    import keras
+
+    def two_epochs():
+        keras.utils.set_random_seed(1)
+        train = make_dataset(images(64), np.zeros(64, "float32"), batch_size=4, shuffle_seed=1,
+                             augment=augmenter(STRONG, seed=1))
+        return [np.concatenate([bx for bx, _ in train.as_numpy_iterator()]) for _ in range(2)]
+
+    first, again = two_epochs(), two_epochs()
+    assert not np.allclose(first[0], first[1])  # each epoch draws new transforms
+    np.testing.assert_array_equal(first[0], again[0])
+    np.testing.assert_array_equal(first[1], again[1])
