@@ -1,5 +1,6 @@
 """tf.data feeding and augmentation: training only, and one transform for image and mask."""
 
+import keras
 import numpy as np
 import pytest
 
@@ -58,7 +59,6 @@ def test_unknown_flip_is_refused():
 
 def test_the_same_seed_gives_the_same_augmented_epochs():
     """`medtune export` replays a trial and gates on its value: its augmentation must repeat."""
-    import keras
 
     def two_epochs():
         keras.utils.set_random_seed(1)
