@@ -17,6 +17,11 @@ aside), MedMNIST pneumonia and breast (28x28, upsampled by medtune's loader; the
 kept aside), and on request the embedded synthetic Skin set (judged on a held-out synthetic set
 drawn with another seed). Selection is on validation, judgement on test. Each engine x data x
 seed gets a fresh Optuna SQLite storage; the studies' MLflow runs go to a temporary store.
+
+The full run is about 20 hours on 2 cores, so each finished engine x data x seed is appended to a
+ledger (`--ledger`, a JSON line each, with the code's commit): a later run with the same settings
+reuses it instead of training again. A run can thus be split over sittings (`--data breast`,
+then the full command) or resumed after an interruption; `--redo` trains everything again.
 """
 
 from __future__ import annotations
@@ -82,6 +87,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--image-size", type=int)
     p.add_argument("--medmnist-dir", type=Path, default=MEDMNIST_DIR,
                    help=f"folder holding {', '.join(MEDMNIST.values())} (default {MEDMNIST_DIR})")
+    p.add_argument("--ledger", type=Path, help="JSON-lines file of finished engine x data x seed "
+                   "runs, reused by later runs with the same settings (default "
+                   "WORK_DIR/search-ledger.jsonl; --smoke: search-ledger-smoke.jsonl)")
+    p.add_argument("--redo", action="store_true",
+                   help="train every engine x data x seed again, replacing its ledger entry")
 
 
 # --------------------------------------------------------------------------- data
@@ -268,6 +278,60 @@ def run_engine(engine: str, specs: dict, data: DataSet, seed: int, budget: dict,
     return trials, wall
 
 
+# --------------------------------------------------------------------------- the ledger
+
+
+class Ledger:
+    """Finished engine x data x seed runs, one JSON line each (appended as each one ends, so an
+    interrupted run loses only the one in flight). A cell is keyed by the settings that decide
+    its result; the entry also records the code's commit and the date, and the report shows
+    which commits its rows came from."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.entries: dict[str, dict[str, Any]] = {}
+        if path.is_file():
+            for number, line in enumerate(path.read_text().splitlines(), start=1):
+                if not line.strip():
+                    continue
+                try:
+                    entry = json.loads(line)
+                    self.entries[self.key(entry["cell"])] = entry  # a later line wins
+                except (json.JSONDecodeError, KeyError, TypeError) as error:
+                    raise SystemExit(f"{path}, line {number}: not a ledger entry ({error}); "
+                                     "delete that line, or give another --ledger") from None
+
+    @staticmethod
+    def key(cell: dict[str, Any]) -> str:
+        return json.dumps(cell, sort_keys=True)
+
+    def get(self, cell: dict[str, Any]) -> dict[str, Any] | None:
+        return self.entries.get(self.key(cell))
+
+    def add(self, cell: dict[str, Any], row: dict[str, Any],
+            curve: list[float]) -> dict[str, Any]:
+        import datetime as dt
+
+        from search.manifest import git_commit
+
+        git = git_commit()
+        code = (git["commit"] or "unknown")[:10] + ("+changes" if git["dirty"] else "")
+        entry = {"cell": cell, "code": code, "row": row, "curve": curve,
+                 "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")}
+        self.entries[self.key(cell)] = entry
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a") as f:
+            f.write(json.dumps(entry) + "\n")
+        return entry
+
+
+def cell_of(spec: StudySpec, data: DataSet, engine: str, seed: int, budget: dict) -> dict:
+    """What decides one engine x data x seed result (besides the code, recorded beside it)."""
+    return {"task": spec.name, "data": data.name, "engine": engine, "seed": seed,
+            "budget": budget["budget"], "epochs": budget["epochs"],
+            "image_size": budget["image_size"], "sizes": data.sizes}
+
+
 # --------------------------------------------------------------------------- test judgement
 
 
@@ -392,6 +456,9 @@ def run(args: argparse.Namespace) -> common.Result:
     specs = variants(spec)
     sets = data_sets(args, budget, spec)
     seeds = list(range(budget["seeds"]))
+    args.ledger = args.ledger or args.work_dir / (
+        "search-ledger-smoke.jsonl" if args.mode == "smoke" else "search-ledger.jsonl")
+    ledger = Ledger(args.ledger)
 
     rows: list[dict[str, Any]] = []
     curves: dict[tuple[str, str, int], list[float]] = {}
@@ -409,15 +476,23 @@ def run(args: argparse.Namespace) -> common.Result:
             scores.x, scores.y = data.x_test, data.y_test
             for seed in seeds:
                 for engine in engines:
-                    trials, wall = run_engine(engine, specs, data, seed, budget, Path(tmp),
-                                              mlflow_url, scores)
-                    row = judge(engine, trials, wall, data, seed, budget, spec, problem, scores)
-                    curves[(data.name, engine, seed)] = row.pop("curve")
+                    cell = cell_of(spec, data, engine, seed, budget)
+                    done = None if args.redo else ledger.get(cell)
+                    if done:
+                        how = f"from the ledger, {done['date']}"
+                    else:
+                        trials, wall = run_engine(engine, specs, data, seed, budget, Path(tmp),
+                                                  mlflow_url, scores)
+                        row = judge(engine, trials, wall, data, seed, budget, spec, problem,
+                                    scores)
+                        done, how = ledger.add(cell, row, row.pop("curve")), "trained"
+                    row, curve = {**done["row"], "code": done["code"]}, done["curve"]
+                    curves[(data.name, engine, seed)] = curve
                     rows.append(row)
-                    print(f"{data.name} {engine} seed {seed}: best val {row['best_val']:.4f}, "
-                          f"test {row['test']:.4f}, {row['complete']} complete, "
-                          f"{row['pruned']} pruned, {row['epochs_spent']} epochs, "
-                          f"{wall:.0f} s", file=sys.stderr, flush=True)
+                    print(f"{data.name} {engine} seed {seed} ({how}): best val "
+                          f"{row['best_val']:.4f}, test {row['test']:.4f}, {row['complete']} "
+                          f"complete, {row['pruned']} pruned, {row['epochs_spent']} epochs, "
+                          f"{row['wall_s']:.0f} s", file=sys.stderr, flush=True)
     return summarize(args, budget, engines, sets, seeds, spec, rows, curves)
 
 
@@ -481,7 +556,7 @@ def summarize(args: argparse.Namespace, budget: dict, engines: list[str], sets: 
             "wall_median_s": g["wall_s"].median(), "epochs_spent_median":
             g["epochs_spent"].median(), "complete_median": g["complete"].median(),
             "pruned_median": g["pruned"].median(), "stuck_median": g["stuck"].median(),
-            "failed": int(g["failed"].sum()),
+            "failed": int(g["failed"].sum()), "code": ", ".join(sorted(set(g["code"]))),
         }
         if grid:
             reached = g["epochs_to_grid_best"]
@@ -571,6 +646,10 @@ def describe(args: argparse.Namespace, budget: dict, engines: list[str], sets: l
              verdicts: list[str]) -> list[str]:
     from search.study import queued_baselines
 
+    ledger = args.ledger.resolve()
+    ledger_name = ledger.relative_to(common.REPO) if ledger.is_relative_to(common.REPO) \
+        else ledger.name
+
     b, e, s = budget["budget"], budget["epochs"], budget["image_size"]
     lab = spec.budget["lab"]["epochs"]
     data = "; ".join(
@@ -610,7 +689,9 @@ def describe(args: argparse.Namespace, budget: dict, engines: list[str], sets: l
         "COMPLETE (a trial not promoted stops at its rung) or, when stuck, PRUNED. "
         "`baseline_epochs`, `pruned_epochs`: epochs a study spent on the enqueued lab "
         "baselines and on trials its pruner stopped. Wall time: the study or studies, MLflow "
-        "logging included, test scoring excluded.",
+        "logging included, test scoring excluded. Each row is read from the ledger (`"
+        f"{ledger_name}`) where a run with the same settings had finished it; `code` is the "
+        "commit that trained it (`+changes`: with uncommitted changes).",
         *verdicts,
     ]
     if {"medtune", "lab-grid"} <= set(engines):

@@ -198,6 +198,33 @@ def test_search_efficiency_smoke(tmp_path, monkeypatch):
     assert "Command: `python -m bench.search_efficiency --smoke" in text
     assert "goal" in text and "Not run yet." not in text
 
+    # Run again: every engine x data x seed comes from the ledger, nothing trains.
+    _, first = table(client, "search", "runs", tmp_path)
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("trained a run the ledger holds")
+
+    monkeypatch.setattr(search_efficiency, "run_engine", no_training)
+    smoke(search_efficiency, tmp_path, monkeypatch)
+    _, again = table(client, "search", "runs", tmp_path)
+    assert again == first and all(r["code"] for r in again)
+
+
+def test_the_search_ledger_keeps_the_last_entry_per_cell_and_names_a_bad_line(tmp_path):
+    from bench.search_efficiency import Ledger
+
+    path = tmp_path / "ledger.jsonl"
+    cell = {"data": "breast", "engine": "random", "seed": 0}
+    Ledger(path).add(cell, {"best_val": 0.5}, [0.5])
+    Ledger(path).add(cell, {"best_val": float("nan")}, [float("nan"), 0.75])
+    read = Ledger(path).get(cell)
+    assert read["curve"][1] == 0.75 and read["row"]["best_val"] != read["row"]["best_val"]
+    assert Ledger(path).get({**cell, "seed": 1}) is None
+    with path.open("a") as f:
+        f.write("{not json\n")
+    with pytest.raises(SystemExit, match=r"ledger.jsonl, line 3: not a ledger entry"):
+        Ledger(path)
+
 
 def test_search_efficiency_runs_under_its_module_name():
     assert common.command("search", ["--quick"]) == "python -m bench.search_efficiency --quick"
