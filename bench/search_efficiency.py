@@ -19,9 +19,12 @@ drawn with another seed). Selection is on validation, judgement on test. Each en
 seed gets a fresh Optuna SQLite storage; the studies' MLflow runs go to a temporary store.
 
 The full run is about 20 hours on 2 cores, so each finished engine x data x seed is appended to a
-ledger (`--ledger`, a JSON line each, with the code's commit): a later run with the same settings
-reuses it instead of training again. A run can thus be split over sittings (`--data breast`,
-then the full command) or resumed after an interruption; `--redo` trains everything again.
+ledger (`--ledger`, a JSON line each, with the code's commit; by default
+`bench/search-ledger.jsonl`, committed like RESULTS.md so that the run carries over between
+machines): a later run with the same settings reuses it instead of training again. A run can
+thus be split over sittings (`--data breast`, then the full command) or resumed after an
+interruption; `--from-ledger` reports what is finished without training the rest, `--redo`
+trains everything again.
 """
 
 from __future__ import annotations
@@ -72,6 +75,7 @@ ENGINES = {
 MEDMNIST = {"pneumonia": "pneumoniamnist.npz", "breast": "breastmnist.npz"}
 MEDMNIST_DIR = common.REPO.parent / "shared" / "data" / "medmnist"
 KNEE_DIR = common.REPO.parent / "shared" / "data" / "knee"  # Lab2 layout with a test/ split
+LEDGER = common.BENCH_DIR / "search-ledger.jsonl"  # committed: the full run spans sittings
 MANY_TRIALS = 10_000  # a cap that never binds: the epoch budget ends every study
 EXPERIMENT = "bench-search"
 
@@ -88,10 +92,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--medmnist-dir", type=Path, default=MEDMNIST_DIR,
                    help=f"folder holding {', '.join(MEDMNIST.values())} (default {MEDMNIST_DIR})")
     p.add_argument("--ledger", type=Path, help="JSON-lines file of finished engine x data x seed "
-                   "runs, reused by later runs with the same settings (default "
-                   "WORK_DIR/search-ledger.jsonl; --smoke: search-ledger-smoke.jsonl)")
-    p.add_argument("--redo", action="store_true",
-                   help="train every engine x data x seed again, replacing its ledger entry")
+                   f"runs, reused by later runs with the same settings (default {LEDGER}; "
+                   "--smoke: WORK_DIR/search-ledger-smoke.jsonl)")
+    training = p.add_mutually_exclusive_group()
+    training.add_argument("--redo", action="store_true",
+                          help="train every engine x data x seed again, replacing its ledger "
+                          "entry")
+    training.add_argument("--from-ledger", action="store_true",
+                          help="train nothing: report the runs the ledger holds, and list the "
+                          "missing ones")
 
 
 # --------------------------------------------------------------------------- data
@@ -456,9 +465,10 @@ def run(args: argparse.Namespace) -> common.Result:
     specs = variants(spec)
     sets = data_sets(args, budget, spec)
     seeds = list(range(budget["seeds"]))
-    args.ledger = args.ledger or args.work_dir / (
-        "search-ledger-smoke.jsonl" if args.mode == "smoke" else "search-ledger.jsonl")
+    args.ledger = args.ledger or (
+        args.work_dir / "search-ledger-smoke.jsonl" if args.mode == "smoke" else LEDGER)
     ledger = Ledger(args.ledger)
+    args.missing = []
 
     rows: list[dict[str, Any]] = []
     curves: dict[tuple[str, str, int], list[float]] = {}
@@ -480,6 +490,9 @@ def run(args: argparse.Namespace) -> common.Result:
                     done = None if args.redo else ledger.get(cell)
                     if done:
                         how = f"from the ledger, {done['date']}"
+                    elif args.from_ledger:
+                        args.missing.append(f"{data.name} {engine} seed {seed}")
+                        continue
                     else:
                         trials, wall = run_engine(engine, specs, data, seed, budget, Path(tmp),
                                                   mlflow_url, scores)
@@ -493,6 +506,9 @@ def run(args: argparse.Namespace) -> common.Result:
                           f"{row['best_val']:.4f}, test {row['test']:.4f}, {row['complete']} "
                           f"complete, {row['pruned']} pruned, {row['epochs_spent']} epochs, "
                           f"{row['wall_s']:.0f} s", file=sys.stderr, flush=True)
+    if not rows:
+        raise SystemExit(f"{args.ledger} holds none of these runs: run without --from-ledger "
+                         "to train them, or give the --ledger that holds them")
     return summarize(args, budget, engines, sets, seeds, spec, rows, curves)
 
 
@@ -539,12 +555,13 @@ def summarize(args: argparse.Namespace, budget: dict, engines: list[str], sets: 
     grid = "lab-grid" in engines
     if grid:  # epochs each engine needed to reach the grid's best (same data and seed)
         for i, row in runs.iterrows():
-            grid_curve = curves[(row["data"], "lab-grid", row["seed"])]
+            grid_curve = curves.get((row["data"], "lab-grid", row["seed"]), [])
             target = grid_curve[-1] if grid_curve else math.nan
             runs.loc[i, "grid_best"] = target
             runs.loc[i, "grid_epochs"] = len(grid_curve)
             runs.loc[i, "epochs_to_grid_best"] = first_reaching(
-                curves[(row["data"], row["engine"], row["seed"])], target)
+                curves[(row["data"], row["engine"], row["seed"])], target) \
+                if grid_curve else math.nan  # the grid's run of this seed is not in yet
 
     summary_rows = []
     for (data, engine), g in runs.groupby(["data", "engine"], sort=False):
@@ -559,10 +576,10 @@ def summarize(args: argparse.Namespace, budget: dict, engines: list[str], sets: 
             "failed": int(g["failed"].sum()), "code": ", ".join(sorted(set(g["code"]))),
         }
         if grid:
-            reached = g["epochs_to_grid_best"]
+            reached = g["epochs_to_grid_best"].dropna()  # seeds whose grid run is in
             entry["epochs_to_grid_best_median"] = (
                 reached.median() if math.isfinite(reached.median()) else "not reached")
-            entry["reached_grid_best"] = f"{int(reached.map(math.isfinite).sum())}/{len(g)}"
+            entry["reached_grid_best"] = f"{int(reached.map(math.isfinite).sum())}/{len(reached)}"
         summary_rows.append(entry)
     summary = pd.DataFrame(summary_rows)
     goal, verdicts = goals(runs, engines)
@@ -598,16 +615,20 @@ def goals(runs: pd.DataFrame, engines: list[str]) -> tuple[pd.DataFrame, list[st
     rows, verdicts = [], []
     if "medtune" not in engines:
         return pd.DataFrame(), verdicts
+    grid = "epochs_to_grid_best" in runs  # lab-grid among the engines
     for data, g in runs.groupby("data", sort=False):
         median = g.groupby("engine", sort=False)["test"].median()
+        if "medtune" not in median:  # a partial ledger (--from-ledger)
+            continue
         others = median.drop("medtune")
         row: dict[str, Any] = {"data": data, "medtune_test": median["medtune"]}
         if len(others):
             rival = others.idxmax()
             row |= {"best_other": rival, "best_other_test": others[rival],
                     "as_good_as_all": bool(median["medtune"] >= others.max() - 1e-9)}
-        if "lab-grid" in engines:
-            mine = g[g["engine"] == "medtune"]
+        mine = g[g["engine"] == "medtune"]
+        mine = mine.dropna(subset=["epochs_to_grid_best"]) if grid else mine[:0]
+        if len(mine):  # medtune runs whose seed has a grid run
             reach = mine["epochs_to_grid_best"].median()
             row |= {"grid_best": g[g["engine"] == "lab-grid"]["best_val"].median(),
                     "grid_epochs": mine["grid_epochs"].median(),
@@ -710,6 +731,11 @@ def describe(args: argparse.Namespace, budget: dict, engines: list[str], sets: l
         notes.append(f"Keras Tuner's Hyperband finished all its brackets before the budget in "
                      f"{len(ended)} run(s) (it spent {', '.join(map(str, ended['epochs_spent']))}"
                      " epochs).")
+    if args.missing:
+        notes.append(f"**Partial** (`--from-ledger`): {len(runs)} of "
+                     f"{len(runs) + len(args.missing)} runs are in the ledger; medians are over "
+                     "the seeds each engine has (the `seeds` column), so engines are compared on "
+                     f"different seeds. Not run yet: {'; '.join(args.missing)}.")
     if args.mode == "quick":
         notes.append(f"Quick mode: one seed on {', '.join(budget['data'])}, so the spread "
                      "columns are one run and the verdicts are indicative only; the full mode "
@@ -728,15 +754,19 @@ def figure(runs: pd.DataFrame, curves: dict[tuple[str, str, int], list[float]],
     fig, axes = plt.subplots(1, len(sets), figsize=(5.2 * len(sets), 4), squeeze=False)
     for ax, data in zip(axes[0], sets, strict=True):
         for engine in engines:
-            lines = [curves[(data.name, engine, s)] for s in seeds]
+            lines = [curves[(data.name, engine, s)] for s in seeds
+                     if (data.name, engine, s) in curves]  # --from-ledger: only those in
+            if not lines:
+                continue
             n = max(len(c) for c in lines)
             padded = np.array([c + [c[-1] if c else math.nan] * (n - len(c)) for c in lines])
             # A median only where every seed has a value (an engine whose Hyperband ended
             # early keeps its last value).
-            ax.plot(np.arange(1, n + 1), np.median(padded, axis=0), label=engine,
+            label = engine if len(lines) == len(seeds) else f"{engine} ({len(lines)} seeds)"
+            ax.plot(np.arange(1, n + 1), np.median(padded, axis=0), label=label,
                     linewidth=2 if engine == "medtune" else 1.2)
-        if "lab-grid" in engines:
-            spent = runs[(runs["data"] == data.name) & (runs["engine"] == "lab-grid")]
+        spent = runs[(runs["data"] == data.name) & (runs["engine"] == "lab-grid")]
+        if len(spent):
             third = min(spent["epochs_spent"].median(), budget["budget"]) / 3
             ax.axvline(third, color="grey", linestyle=":", label="a third of the grid's epochs")
         ax.set_title(f"{data.name} (median of {len(seeds)} seed{'s' * (len(seeds) > 1)})")

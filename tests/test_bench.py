@@ -209,6 +209,24 @@ def test_search_efficiency_smoke(tmp_path, monkeypatch):
     _, again = table(client, "search", "runs", tmp_path)
     assert again == first and all(r["code"] for r in again)
 
+    # A partial ledger (the grid's run dropped, a second seed never run): --from-ledger reports
+    # what is in, names what is not, and trains nothing.
+    ledger = tmp_path / "work" / "search-ledger-smoke.jsonl"
+    lines = [line for line in ledger.read_text().splitlines()
+             if '"engine": "lab-grid"' not in line]
+    ledger.write_text("\n".join(lines) + "\n")
+    smoke(search_efficiency, tmp_path, monkeypatch, "--from-ledger", "--seeds", "2")
+    _, partial = table(client, "search", "runs", tmp_path)
+    assert [r["engine"] for r in partial] == ["medtune", "random", "keras-tuner"]
+    _, (goal,) = table(client, "search", "goal", tmp_path)
+    assert "within_third" not in goal and goal["as_good_as_all"] in ("True", "False")
+    text = section(tmp_path, "search")
+    assert "**Partial** (`--from-ledger`): 3 of 8 runs" in text
+    assert "medmnist lab-grid seed 0; medmnist medtune seed 1" in text
+    with pytest.raises(SystemExit, match="holds none of these runs"):
+        smoke(search_efficiency, tmp_path, monkeypatch, "--from-ledger",
+              "--ledger", str(tmp_path / "empty.jsonl"))
+
 
 def test_the_search_ledger_keeps_the_last_entry_per_cell_and_names_a_bad_line(tmp_path):
     from bench.search_efficiency import Ledger
