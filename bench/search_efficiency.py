@@ -558,7 +558,7 @@ def summarize(args: argparse.Namespace, budget: dict, engines: list[str], sets: 
             grid_curve = curves.get((row["data"], "lab-grid", row["seed"]), [])
             target = grid_curve[-1] if grid_curve else math.nan
             runs.loc[i, "grid_best"] = target
-            runs.loc[i, "grid_epochs"] = len(grid_curve)
+            runs.loc[i, "grid_epochs"] = len(grid_curve) if grid_curve else math.nan
             runs.loc[i, "epochs_to_grid_best"] = first_reaching(
                 curves[(row["data"], row["engine"], row["seed"])], target) \
                 if grid_curve else math.nan  # the grid's run of this seed is not in yet

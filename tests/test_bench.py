@@ -218,6 +218,7 @@ def test_search_efficiency_smoke(tmp_path, monkeypatch):
     smoke(search_efficiency, tmp_path, monkeypatch, "--from-ledger", "--seeds", "2")
     _, partial = table(client, "search", "runs", tmp_path)
     assert [r["engine"] for r in partial] == ["medtune", "random", "keras-tuner"]
+    assert {r["grid_epochs"] for r in partial} <= {"", "nan"}  # no grid run: unknown, not 0
     _, (goal,) = table(client, "search", "goal", tmp_path)
     assert "within_third" not in goal and goal["as_good_as_all"] in ("True", "False")
     text = section(tmp_path, "search")
