@@ -597,7 +597,8 @@ def summarize(args: argparse.Namespace, budget: dict, engines: list[str], sets: 
               "curves": pd.DataFrame(curve_rows)}
     return common.Result(
         name=NAME, mode=args.mode, command=args.command, tables=tables,
-        figures={"best_so_far": figure(runs, curves, engines, sets, seeds, budget)},
+        figures={"best_so_far": figure(runs, curves, engines, sets, seeds, budget,
+                                      bool(args.missing))},
         metrics=metrics,
         params={**{k: v for k, v in budget.items() if k != "data"},
                 "data": ",".join(budget["data"]), "engines": ",".join(engines),
@@ -744,7 +745,8 @@ def describe(args: argparse.Namespace, budget: dict, engines: list[str], sets: l
 
 
 def figure(runs: pd.DataFrame, curves: dict[tuple[str, str, int], list[float]],
-           engines: list[str], sets: list[DataSet], seeds: list[int], budget: dict) -> Figure:
+           engines: list[str], sets: list[DataSet], seeds: list[int], budget: dict,
+           partial: bool = False) -> Figure:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -769,7 +771,8 @@ def figure(runs: pd.DataFrame, curves: dict[tuple[str, str, int], list[float]],
         if len(spent):
             third = min(spent["epochs_spent"].median(), budget["budget"]) / 3
             ax.axvline(third, color="grey", linestyle=":", label="a third of the grid's epochs")
-        ax.set_title(f"{data.name} (median of {len(seeds)} seed{'s' * (len(seeds) > 1)})")
+        ax.set_title(f"{data.name} (median of {len(seeds)} seed{'s' * (len(seeds) > 1)})"
+                     if not partial else f"{data.name} (partial: median of the seeds run)")
         ax.set_xlabel("training epochs spent (all trials)")
         ax.set_ylabel("best validation accuracy so far")
         ax.grid(alpha=0.3)
