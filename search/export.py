@@ -16,8 +16,8 @@ from search.holdout import REFIT_ATTR, refit_file
 from search.manifest import package_versions
 from search.predictor import preprocessing
 from search.recovery import open_storage
-from search.spec import load_spec
-from search.study import SETTINGS_ATTR, data_record, prepare_problem
+from search.spec import load_spec, spec_from_record
+from search.study import SETTINGS_ATTR, STUDY_FILE_ATTR, data_record, prepare_problem
 from search.tracking import Registered, export_run, register_model
 from search.training import fresh_keras_session
 from search.trial import run_trial
@@ -89,7 +89,9 @@ def export_best(
         raise ValueError(f"tolerance must be >= 0, got {tolerance}")
     study, best = best_trial(study_name, storage)
     recorded = study.user_attrs[SETTINGS_ATTR]  # the data and sizes the study was run with
-    spec = load_spec(recorded["task"])
+    spec = (spec_from_record(study.user_attrs[STUDY_FILE_ATTR])
+            if STUDY_FILE_ATTR in study.user_attrs
+            else load_spec(recorded["task"]))  # a study older than the record: today's file
     tolerance = spec.export["tolerance"] if tolerance is None else tolerance
     size, epochs = recorded["image_size"], recorded["epochs"]
     problem, base, _ = prepare_problem(spec, recorded["data_dir"], size, recorded.get("base"),

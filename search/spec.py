@@ -47,6 +47,12 @@ class StudySpec:
     split: dict[str, Any]  # image/mask pairs: validation fraction and seed (`loader.load`)
     synthetic: dict[str, dict[str, int]]  # embedded synthetic sets' settings, by generator
     source: str  # the study file's text, as it was loaded
+    defaults_source: str = ""  # `_defaults.toml`'s text, as it was loaded
+
+    def record(self) -> dict[str, str]:
+        """The texts this spec was built from, for `spec_from_record`: what a study stores so
+        that its trials can be replayed as they ran (`medtune export`)."""
+        return {"name": self.name, "file": self.source, "defaults": self.defaults_source}
 
 
 def studies_dir() -> Path:
@@ -66,27 +72,44 @@ def load_spec(task: str) -> StudySpec:
             raise ValueError(f"unknown task {task!r}; known tasks: {', '.join(task_names())}")
     elif not path.is_file():
         raise ValueError(f"study file {path} does not exist")
-    own, text = read_study(path)
-    raw = _merge(read_study(studies_dir() / DEFAULTS)[0], own)
+    return _spec(path.stem, path.read_text(), (studies_dir() / DEFAULTS).read_text(),
+                 f"study file {path}")
+
+
+def spec_from_record(record: dict[str, str]) -> StudySpec:
+    """The spec a study ran with, from the texts it stored (`StudySpec.record`): the same spec
+    whether the study file has been edited, moved or deleted since."""
+    return _spec(record["name"], record["file"], record["defaults"],
+                 f"study file {record['name']!r} as its study recorded it")
+
+
+def _spec(name: str, text: str, defaults_text: str, where: str) -> StudySpec:
+    own = parse_study(text, where)
+    raw = _merge(parse_study(defaults_text, f"study defaults {DEFAULTS}"), own)
     try:
         schema.check_complete(raw)
-        return _build(path.stem, raw, text)
+        return _build(name, raw, text, defaults_text)
     except (KeyError, TypeError, ValueError) as error:
-        raise ValueError(f"study file {path}: {error}") from error
+        raise ValueError(f"{where}: {error}") from error
 
 
 def read_study(path: Path) -> tuple[dict, str]:
     """A study file's table and text, its keys checked against the schema (`search.schema`)."""
     text = path.read_text()
+    return parse_study(text, f"study file {path}"), text
+
+
+def parse_study(text: str, where: str) -> dict:
+    """A study file's table, its keys checked against the schema; errors name `where`."""
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
-        raise ValueError(f"study file {path}: not valid TOML: {error}") from None
+        raise ValueError(f"{where}: not valid TOML: {error}") from None
     try:
         schema.check_keys(raw)
     except ValueError as error:
-        raise ValueError(f"study file {path}: {error}") from None
-    return raw, text
+        raise ValueError(f"{where}: {error}") from None
+    return raw
 
 
 def _merge(base: dict, override: dict) -> dict:
@@ -100,7 +123,7 @@ def _merge(base: dict, override: dict) -> dict:
     return merged
 
 
-def _build(name: str, raw: dict, text: str) -> StudySpec:
+def _build(name: str, raw: dict, text: str, defaults_text: str) -> StudySpec:
     entries = dict(raw["space"])
     if "augment" in entries:  # the shared ranges go last; a task may redefine any of them
         shared = raw.get("augment_space", {})
@@ -177,6 +200,7 @@ def _build(name: str, raw: dict, text: str) -> StudySpec:
         split=raw["split"],
         synthetic=raw["synthetic"],
         source=text,
+        defaults_source=defaults_text,
     )
 
 

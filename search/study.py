@@ -24,6 +24,10 @@ from search.worker import MemoryGuard
 
 SETTINGS_ATTR = "medtune_settings"  # what a continued study must agree on
 NEWER_SETTINGS = ("split", "synthetic")  # recorded since; older studies agree on them
+# The study file as the study last ran it (`StudySpec.record`): `medtune export` replays the
+# best trial with it, so a study made from a file of one's own, moved or edited since, still
+# exports.
+STUDY_FILE_ATTR = "medtune_study_file"
 
 
 def data_settings(spec: StudySpec, data_dir: str | None) -> dict:
@@ -79,6 +83,7 @@ def open_study(
             f"{differs}; trials with other settings are not comparable. Run with the same "
             "settings to continue it, or give a new study name (--study)."
         )
+    study.set_user_attr(STUDY_FILE_ATTR, spec.record())
     return study
 
 

@@ -114,6 +114,21 @@ def test_an_augmented_trial_replays_within_the_tolerance(lenet_study):
     assert run.data.metrics["replayed_value"] == pytest.approx(best.value, abs=0.001)
 
 
+def test_a_study_of_ones_own_file_exports_after_the_file_is_gone(workdir, tiny_skin, capsys):
+    # The README's `task`: a task name or the path of one's own study file. Export replays with
+    # the file as the study recorded it, so moving or deleting it afterwards changes nothing.
+    mine = workdir / "mine.toml"
+    mine.write_text((Path(__file__).parents[1] / "studies" / "lenet_skin.toml").read_text())
+    assert tune(workdir, "--task", str(mine), "--n-trials", "1", "--data-dir",
+                str(tiny_skin)) == 0
+    mine.unlink()
+
+    assert export(workdir, "--study", "mine") == 0
+    assert "registered mine version 1 as champion" in capsys.readouterr().out
+    (run,) = export_runs(workdir)
+    assert run.data.params["task"] == "mine"
+
+
 @pytest.mark.parametrize("args, message", [
     (["--study", "nope"], "no study 'nope'"),
     (["--study", "lenet_skin", "--tolerance", "-1"], "tolerance must be >= 0"),

@@ -5,7 +5,7 @@ import pytest
 
 from search.consumers import AUGMENTATIONS
 from search.pruners import make_pruner
-from search.spec import active, load_spec, suggest, task_names
+from search.spec import active, load_spec, spec_from_record, suggest, task_names
 
 ISSUE_TASKS = {"mlp_skin", "lenet_skin", "alexnet_skin", "vgg_skin", "vgg_bone"}
 
@@ -28,6 +28,19 @@ def test_every_study_file_is_valid(task):
         assert baseline["note"]
     assert spec.budget["lab"]["image_size"] >= 128  # the labs trained at 128 (U-Net: 256)
     assert isinstance(make_pruner(spec.pruner), optuna.pruners.BasePruner)
+
+
+@pytest.mark.parametrize("task", task_names())
+def test_a_recorded_spec_is_the_spec_it_was_recorded_from(task):
+    spec = load_spec(task)
+    assert spec.defaults_source  # the defaults are in the record, not just the task's file
+    assert spec_from_record(spec.record()) == spec
+
+
+def test_a_broken_record_names_where_it_came_from():
+    record = {**load_spec("lenet_skin").record(), "file": "model = "}
+    with pytest.raises(ValueError, match="'lenet_skin' as its study recorded it: not valid TOML"):
+        spec_from_record(record)
 
 
 def test_alexnet_baselines_include_hinge_and_the_optimizers():
