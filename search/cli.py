@@ -103,7 +103,8 @@ def parser() -> argparse.ArgumentParser:
                            "sqlite:///mlflow.db)")
     export = commands.add_parser(
         "export", help="replay a study's best trial and register its model as champion")
-    export.add_argument("--study", required=True, help="study name (the task name by default)")
+    export.add_argument("--study", required=True,
+                        help="study name: the task's name, unless `tune --study` gave another")
     export.add_argument("--storage", type=_optional(str),
                         help="Optuna storage URL (default sqlite:///optuna.db)")
     export.add_argument("--name", type=_optional(str),

@@ -93,7 +93,8 @@ def export_best(
             if STUDY_FILE_ATTR in study.user_attrs
             else load_spec(recorded["task"]))  # a study older than the record: today's file
     tolerance = spec.export["tolerance"] if tolerance is None else tolerance
-    size, epochs = recorded["image_size"], recorded["epochs"]
+    # A Keras Tuner trial trained Hyperband's epochs for it; an Optuna trial the study's.
+    size, epochs = recorded["image_size"], best.user_attrs.get("epochs", recorded["epochs"])
     problem, base, _ = prepare_problem(spec, recorded["data_dir"], size, recorded.get("base"),
                                        tracking_uri)
     data = problem.data

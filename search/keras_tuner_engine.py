@@ -131,6 +131,7 @@ class _Hyperband(keras_tuner.Hyperband):
         fixed = {**fixed_params(job.spec, job.problem, params, epochs), "initial_epoch": initial,
                  "keras_tuner_trial": trial.trial_id, "continues_trial": parent or ""}
         seed = job.settings.seed + record.number
+        record.set_user_attr("epochs", epochs)  # Hyperband's, not the study's: what export replays
         try:
             with job.tracker.trial_run(record, params, fixed) as run, fresh_keras_session():
                 record.run = run

@@ -30,12 +30,14 @@ def test_keras_tuner_runs_hyperband_with_parent_and_child_runs(workdir, tiny_ski
                 "plots/roc_curve.png"} <= plots
         assert "model_summary.txt" in {a.path for a in client.list_artifacts(child.info.run_id)}
         assert {"trial.objective", "trial.best_epoch", "trial.seconds"} <= set(child.data.metrics)
-    # Every trial is recorded in the Optuna study, so tables, plots and compare work.
+    # Every trial is recorded in the Optuna study, so tables, plots and compare work; with
+    # the epochs Hyperband gave it, which export replays.
     study = optuna.load_study(study_name="lenet_skin-keras-tuner",
                               storage=f"sqlite:///{workdir}/optuna.db")
     assert [t.state for t in study.trials] == [TS.COMPLETE] * 4
-    assert {t.user_attrs["mlflow_run_id"] for t in study.trials} == {
-        c.info.run_id for c in children}
+    epochs = {c.info.run_id: int(c.data.params["epochs"]) for c in children}
+    assert {t.user_attrs["mlflow_run_id"]: t.user_attrs["epochs"] for t in study.trials} == epochs
+    assert min(epochs.values()) < 3  # Hyperband's first rung: fewer than the study's epochs
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"trials.csv", "manifest.json"} <= artifacts
 
@@ -45,6 +47,23 @@ def test_keras_tuner_runs_hyperband_with_parent_and_child_runs(workdir, tiny_ski
                                  storage=f"sqlite:///{workdir}/optuna.db").trials) == 6
     _, parents, children = runs(workdir)
     assert len(parents) == 1 and len(children) == 6
+
+
+def test_export_replays_a_keras_tuner_trial_for_its_own_epochs(workdir, tiny_skin):
+    assert tune(workdir, "--task", "lenet_skin", "--engine", "keras-tuner", "--epochs", "3",
+                "--n-trials", "3", "--data-dir", str(tiny_skin)) == 0
+    study = optuna.load_study(study_name="lenet_skin-keras-tuner",
+                              storage=f"sqlite:///{workdir}/optuna.db")
+    # Hyperband's first rung: three new trials of 1 epoch each, none continued.
+    assert [t.user_attrs["epochs"] for t in study.trials] == [1, 1, 1]
+    assert main(["export", "--study", "lenet_skin-keras-tuner",
+                 "--storage", f"sqlite:///{workdir}/optuna.db",
+                 "--tracking-uri", f"sqlite:///{workdir}/mlflow.db"]) == 0
+    client, parents, _ = runs(workdir)
+    (export,) = [r for r in parents if r.data.tags.get("medtune.kind") == "export"]
+    assert export.data.params["epochs"] == "1"  # not the study's 3
+    assert [m.step for m in client.get_metric_history(export.info.run_id, "val_accuracy")] == [1]
+    assert abs(export.data.metrics["replay_difference"]) <= 0.02
 
 
 def test_compare_sets_the_two_engines_side_by_side(workdir, tiny_skin, capsys):
