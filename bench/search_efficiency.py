@@ -238,7 +238,10 @@ def variants(spec: StudySpec) -> dict[str, Any]:
         "random": changed("random sampler, no pruner, no baselines, no start", baselines=[],
                           start={}, sampler={"type": "random"}, pruner={"type": "none"}),
         "keras-tuner": spec,
-        "lab-grid": [changed(f"lab grid, baseline {i} alone, no pruner", baselines=[b],
+        # Every baseline, whichever budgets the file marks it for: a study queues only those
+        # marked for its budget, and one left unqueued would be a sampled trial instead.
+        "lab-grid": [changed(f"lab grid, baseline {i} alone, no pruner",
+                             baselines=[{**b, "budgets": list(spec.budget)}],
                              start={}, pruner={"type": "none"})
                      for i, b in enumerate(spec.baselines)],
     }
@@ -271,6 +274,8 @@ def run_engine(engine: str, specs: dict, data: DataSet, seed: int, budget: dict,
                                         **common_settings)
             study, _ = run_study(grid_spec, settings, tracking_uri=mlflow_url,
                                  experiment=EXPERIMENT, verbose=False, show_progress_bar=False)
+            if not all("baseline" in t.user_attrs for t in study.trials):
+                raise RuntimeError(f"{key}-b{i}: the grid's trial is not the lab baseline")
             done = records(study, engine)
             trials += done
             left -= sum(t.epochs for t in done)
@@ -597,8 +602,7 @@ def summarize(args: argparse.Namespace, budget: dict, engines: list[str], sets: 
               "curves": pd.DataFrame(curve_rows)}
     return common.Result(
         name=NAME, mode=args.mode, command=args.command, tables=tables,
-        figures={"best_so_far": figure(runs, curves, engines, sets, seeds, budget,
-                                      bool(args.missing))},
+        figures={"best_so_far": figure(runs, curves, engines, sets, seeds, budget)},
         metrics=metrics,
         params={**{k: v for k, v in budget.items() if k != "data"},
                 "data": ",".join(budget["data"]), "engines": ",".join(engines),
@@ -745,36 +749,44 @@ def describe(args: argparse.Namespace, budget: dict, engines: list[str], sets: l
 
 
 def figure(runs: pd.DataFrame, curves: dict[tuple[str, str, int], list[float]],
-           engines: list[str], sets: list[DataSet], seeds: list[int], budget: dict,
-           partial: bool = False) -> Figure:
+           engines: list[str], sets: list[DataSet], seeds: list[int], budget: dict) -> Figure:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
 
+    def counted(n: int) -> str:
+        return f"{n} seed{'s' * (n != 1)}"
+
     fig, axes = plt.subplots(1, len(sets), figsize=(5.2 * len(sets), 4), squeeze=False)
     for ax, data in zip(axes[0], sets, strict=True):
+        ax.set_xlabel("training epochs spent (all trials)")
+        ax.set_ylabel("best validation accuracy so far")
+        ran = {(e, s) for e in engines for s in seeds if (data.name, e, s) in curves}
+        if not ran:  # --from-ledger: none of this data set's runs has finished yet
+            ax.set_title(f"{data.name}: not run yet")
+            ax.text(0.5, 0.5, "no finished run in the ledger", ha="center", va="center",
+                    transform=ax.transAxes, color="grey")
+            continue
         for engine in engines:
-            lines = [curves[(data.name, engine, s)] for s in seeds
-                     if (data.name, engine, s) in curves]  # --from-ledger: only those in
+            lines = [curves[(data.name, engine, s)] for s in seeds if (engine, s) in ran]
             if not lines:
                 continue
             n = max(len(c) for c in lines)
             padded = np.array([c + [c[-1] if c else math.nan] * (n - len(c)) for c in lines])
             # A median only where every seed has a value (an engine whose Hyperband ended
             # early keeps its last value).
-            label = engine if len(lines) == len(seeds) else f"{engine} ({len(lines)} seeds)"
+            label = engine if len(lines) == len(seeds) else f"{engine} ({counted(len(lines))})"
             ax.plot(np.arange(1, n + 1), np.median(padded, axis=0), label=label,
                     linewidth=2 if engine == "medtune" else 1.2)
         spent = runs[(runs["data"] == data.name) & (runs["engine"] == "lab-grid")]
         if len(spent):
             third = min(spent["epochs_spent"].median(), budget["budget"]) / 3
             ax.axvline(third, color="grey", linestyle=":", label="a third of the grid's epochs")
-        ax.set_title(f"{data.name} (median of {len(seeds)} seed{'s' * (len(seeds) > 1)})"
-                     if not partial else f"{data.name} (partial: median of the seeds run)")
-        ax.set_xlabel("training epochs spent (all trials)")
-        ax.set_ylabel("best validation accuracy so far")
+        complete = len(ran) == len(engines) * len(seeds)
+        ax.set_title(f"{data.name} (median of {counted(len(seeds))})" if complete
+                     else f"{data.name} (partial: median of the seeds run)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()

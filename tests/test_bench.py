@@ -248,3 +248,36 @@ def test_the_search_ledger_keeps_the_last_entry_per_cell_and_names_a_bad_line(tm
 def test_search_efficiency_runs_under_its_module_name():
     assert common.command("search", ["--quick"]) == "python -m bench.search_efficiency --quick"
     assert "search" in run_all.ORDER
+
+
+def test_the_search_plot_titles_each_data_set_by_what_the_ledger_holds():
+    import pandas as pd
+
+    from bench.search_efficiency import DataSet, figure
+
+    engines, seeds = ["medtune", "random"], [0, 1]
+    curves = {("knee", e, s): [0.5, 0.6, 0.7] for e in engines for s in seeds}
+    curves |= {("breast", "medtune", 0): [0.7, 0.8]}
+    runs = pd.DataFrame({"data": ["knee"], "engine": ["lab-grid"], "epochs_spent": [3]})
+    fig = figure(runs, curves, engines, [DataSet("knee", None), DataSet("breast", None),
+                                         DataSet("pneumonia", None)], seeds, {"budget": 3})
+    knee, breast, pneumonia = fig.axes
+    assert knee.get_title() == "knee (median of 2 seeds)"
+    assert [t.get_text() for t in knee.get_legend().get_texts()][:2] == engines
+    assert breast.get_title() == "breast (partial: median of the seeds run)"
+    assert [t.get_text() for t in breast.get_legend().get_texts()] == ["medtune (1 seed)"]
+    assert pneumonia.get_title() == "pneumonia: not run yet" and not pneumonia.lines
+
+
+def test_the_lab_grid_runs_every_baseline_whatever_budget_it_is_marked_for():
+    # lenet_skin's second baseline is marked for the lab budget only; the grid's study of it
+    # (quick budget) must still queue it, not sample a trial in its place.
+    from bench.search_efficiency import variants
+    from search.spec import baseline_params, load_spec
+    from search.study import queued_baselines
+
+    spec = load_spec("lenet_skin")
+    assert any(b["budgets"] == ["lab"] for b in spec.baselines)
+    grid = variants(spec)["lab-grid"]
+    assert [[baseline_params(b) for b in queued_baselines(g, "quick")] for g in grid] == [
+        [baseline_params(b)] for b in spec.baselines]
