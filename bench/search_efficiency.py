@@ -10,7 +10,7 @@ engines run through medtune itself (`search.study.run_study`, `epoch_budget`):
 - `keras-tuner`: Keras Tuner Hyperband (`engine="keras-tuner"`, max epochs = epochs per trial);
 - `lab-grid`: the lab baselines alone, one after the other, each at the lab's epoch count
   truncated to what is left of the budget (one single-trial study per baseline, so the grid
-  never trains past the budget).
+  never trains past the budget), with early stopping but no stuck stop, as the lab trains.
 
 Data: the real knee X-rays (`shared/data/knee`: Lab2 layout, Normal vs OA, its `test/` split kept
 aside), MedMNIST pneumonia and breast (28x28, upsampled by medtune's loader; their test split is
@@ -239,10 +239,13 @@ def variants(spec: StudySpec) -> dict[str, Any]:
                           start={}, sampler={"type": "random"}, pruner={"type": "none"}),
         "keras-tuner": spec,
         # Every baseline, whichever budgets the file marks it for: a study queues only those
-        # marked for its budget, and one left unqueued would be a sampled trial instead.
-        "lab-grid": [changed(f"lab grid, baseline {i} alone, no pruner",
+        # marked for its budget, and one left unqueued would be a sampled trial instead. The
+        # grid trains as the lab does, with early stopping but without medtune's stuck stop (a
+        # slow start, as LR 1e-5's, gets its epochs).
+        "lab-grid": [changed(f"lab grid, baseline {i} alone, no pruner, no stuck stop",
                              baselines=[{**b, "budgets": list(spec.budget)}],
-                             start={}, pruner={"type": "none"})
+                             start={}, pruner={"type": "none"},
+                             training={**spec.training, "stuck_after_epochs": 0})
                      for i, b in enumerate(spec.baselines)],
     }
 
@@ -694,10 +697,10 @@ def describe(args: argparse.Namespace, budget: dict, engines: list[str], sets: l
         "quick budget's); `random` = Optuna's random "
         "sampler, no pruner, no baselines; `keras-tuner` = `engine=\"keras-tuner\"` (Hyperband, "
         f"factor 3, max epochs {e}); `lab-grid` = the lab baselines alone, in order, each at "
-        f"the lab's {lab} epochs truncated to what is left of the budget (one single-trial "
-        "study per baseline; baseline i is seeded as trial i of the default study, so the "
-        "default study's first trial trains exactly as the grid's first one does, for its "
-        f"{e} epochs).",
+        f"the lab's {lab} epochs truncated to what is left of the budget, early stopping but no "
+        "stuck stop (one single-trial study per baseline; baseline i is seeded as trial i of "
+        "the default study, so the default study's first trial trains exactly as the grid's "
+        f"first one does, for its {e} epochs or until medtune stops it as stuck).",
         "How it is counted: a study stops once its trials trained the budget "
         "(`epoch_budget`); the trial in flight finishes, so `epochs_spent` (and the wall time) "
         "may pass the budget by up to one trial. The best validation value, the curve and the "
@@ -728,9 +731,10 @@ def describe(args: argparse.Namespace, budget: dict, engines: list[str], sets: l
         notes.append(
             f"Where medtune's default spent its {b} epochs (median over seeds): {spent}. Its "
             f"first trial is the grid's first baseline cut at {e} epochs (same params and seed: "
-            "the two curves coincide up to there), so it reaches the grid's best within a third "
-            "of the grid's epochs only if the grid found its best inside those epochs, or a "
-            "later trial beats the lab's recipe in what is left of that third.")
+            "the two curves coincide up to there, or until medtune stops it as stuck), so it "
+            "reaches the grid's best within a third of the grid's epochs only if the grid found "
+            "its best inside those epochs, or a later trial beats the lab's recipe in what is "
+            "left of that third.")
     ended = runs[(runs["engine"] == "keras-tuner") & (runs["epochs_spent"] < b)]
     if len(ended):
         notes.append(f"Keras Tuner's Hyperband finished all its brackets before the budget in "

@@ -281,3 +281,6 @@ def test_the_lab_grid_runs_every_baseline_whatever_budget_it_is_marked_for():
     grid = variants(spec)["lab-grid"]
     assert [[baseline_params(b) for b in queued_baselines(g, "quick")] for g in grid] == [
         [baseline_params(b)] for b in spec.baselines]
+    # As the lab trains: early stopping, no stuck stop.
+    assert {g.training["stuck_after_epochs"] for g in grid} == {0}
+    assert all(g.training["early_stopping_patience"] > 0 for g in grid)
