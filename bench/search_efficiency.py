@@ -242,10 +242,10 @@ def variants(spec: StudySpec) -> dict[str, Any]:
         # marked for its budget, and one left unqueued would be a sampled trial instead. The
         # grid trains as the lab does, with early stopping but without medtune's stuck stop (a
         # slow start, as LR 1e-5's, gets its epochs).
-        "lab-grid": [changed(f"lab grid, baseline {i} alone, no pruner, no stuck stop",
-                             baselines=[{**b, "budgets": list(spec.budget)}],
-                             start={}, pruner={"type": "none"},
-                             training={**spec.training, "stuck_after_epochs": 0})
+        "lab-grid": [common.every_epoch(changed(
+                         f"lab grid, baseline {i} alone, no pruner, no stuck stop",
+                         baselines=[{**b, "budgets": list(spec.budget)}], start={},
+                         pruner={"type": "none"}))
                      for i, b in enumerate(spec.baselines)],
     }
 

@@ -93,12 +93,6 @@ def _spec(name: str, text: str, defaults_text: str, where: str) -> StudySpec:
         raise ValueError(f"{where}: {error}") from error
 
 
-def read_study(path: Path) -> tuple[dict, str]:
-    """A study file's table and text, its keys checked against the schema (`search.schema`)."""
-    text = path.read_text()
-    return parse_study(text, f"study file {path}"), text
-
-
 def parse_study(text: str, where: str) -> dict:
     """A study file's table, its keys checked against the schema; errors name `where`."""
     try:

@@ -41,9 +41,9 @@ def write_png(path: Path, seed: int, size: int = 40, mode: str = "L") -> Path:
 def data_settings() -> dict:
     """`loader.load`'s study settings, `split` and `synthetic`, as `studies/_defaults.toml` has
     them."""
-    from search.spec import DEFAULTS, read_study, studies_dir
+    from search.spec import DEFAULTS, parse_study, studies_dir
 
-    defaults, _ = read_study(studies_dir() / DEFAULTS)
+    defaults = parse_study((studies_dir() / DEFAULTS).read_text(), DEFAULTS)
     return {"split": defaults["split"], "synthetic": defaults["synthetic"]}
 
 
