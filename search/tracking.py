@@ -150,6 +150,20 @@ def _system_metrics(client: MlflowClient, run_id: str):
     return monitor
 
 
+def _finish_system_metrics(monitor) -> None:
+    """Stop the monitor and keep its last samples. MLflow's loop drops the samples of the
+    interval it is in when the run ends, so a trial shorter than one interval would show no
+    system metrics at all (and every trial would lose its last second)."""
+    monitor.finish()
+    try:
+        pending = monitor.aggregate_metrics()  # {} when the loop published everything
+        if pending:
+            monitor.publish_metrics(pending)
+            monitor.mlflow_logger.flush()
+    except Exception as error:  # best effort: the trial's own results are already logged
+        warnings.warn(f"last system metrics not logged: {error}", stacklevel=2)
+
+
 class TrialRun:
     """One trial's child run: epochs, metrics and figures go here as they happen. The trial
     owns its history (`search.trial.TrialHistory`); the run follows it for the curves it draws
@@ -324,7 +338,7 @@ class StudyTracker:
             raise
         finally:
             if monitor is not None:
-                monitor.finish()
+                _finish_system_metrics(monitor)
             # `trial.*` sort together in the runs table; `medtune.state` and the `epochs_run`
             # tag are the names earlier versions wrote.
             end_tags |= {"trial.state": state, "medtune.state": state,

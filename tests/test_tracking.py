@@ -14,7 +14,14 @@ from conftest import tune
 from mlflow.tracking import MlflowClient
 
 from search.cli import main
-from search.tracking import KIND, KIND_TAG, OUTER_ATTR, log_params
+from search.tracking import (
+    KIND,
+    KIND_TAG,
+    OUTER_ATTR,
+    _finish_system_metrics,
+    _system_metrics,
+    log_params,
+)
 from search.worker import owner_id
 
 
@@ -43,6 +50,16 @@ def test_log_params_keeps_mlflow_runs_values_and_records_resolved_ones(workdir):
     assert client.get_run(run_id).data.params == {
         "study": "s", "storage": "''", "tolerance": "''", "name": "''", "trial": "3",
         "resolved.storage": "sqlite:///optuna.db", "resolved.tolerance": "0.02"}
+
+
+def test_a_run_shorter_than_one_sample_interval_still_gets_system_metrics(trial_run):
+    # MLflow's monitor drops the interval it is in when stopped; medtune publishes it.
+    monitor = _system_metrics(trial_run.client, trial_run.run_id)
+    assert monitor is not None, "psutil is a dependency: the monitor must start"
+    _finish_system_metrics(monitor)  # at once: well inside the first 1 s interval
+    metrics = trial_run.client.get_run(trial_run.run_id).data.metrics
+    assert any(k.startswith("system/cpu_utilization") for k in metrics), sorted(metrics)
+    assert any(k.startswith("system/system_memory_usage") for k in metrics)
 
 
 def test_under_mlflow_run_its_run_is_the_study_run_two_levels_and_dead_runs_end_killed(
