@@ -82,7 +82,10 @@ def trial_run(tmp_path):
     from search.tracking import TrialRun
 
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
-    run_id = client.create_run(client.create_experiment("trials")).info.run_id
+    # Without a location MLflow puts artifacts in ./mlruns of the working directory: the repo's.
+    artifacts = (tmp_path / "mlruns").as_uri()
+    experiment = client.create_experiment("trials", artifact_location=artifacts)
+    run_id = client.create_run(experiment).info.run_id
     return TrialRun(client, run_id, "trial")
 
 
