@@ -262,12 +262,10 @@ def log_run(result: Result, info: dict[str, Any], section: str, tracking_uri: st
     from mlflow.entities import Metric, Param, RunTag
     from mlflow.tracking import MlflowClient
 
-    from search.tracking import artifact_location
-
     client = MlflowClient(tracking_uri)
     found = client.get_experiment_by_name(EXPERIMENT)
     experiment_id = found.experiment_id if found else client.create_experiment(
-        EXPERIMENT, artifact_location=artifact_location(tracking_uri)
+        EXPERIMENT, artifact_location=_artifact_location(tracking_uri)
     )
     tags = {"bench.name": result.name, "bench.mode": result.mode, "bench.command": result.command,
             "bench.git_commit": str(info["git"].get("commit"))}
@@ -292,6 +290,14 @@ def log_run(result: Result, info: dict[str, Any], section: str, tracking_uri: st
     client.log_text(run_id, json.dumps(info, indent=1), "machine.json")
     client.set_terminated(run_id)
     return run_id
+
+
+def _artifact_location(tracking_uri: str) -> str | None:
+    """Artifacts beside a SQLite store (not in the current folder's mlruns/)."""
+    if tracking_uri.startswith("sqlite:///"):
+        db = Path(tracking_uri.removeprefix("sqlite:///"))
+        return (db.parent / "mlruns").resolve().as_uri()
+    return None
 
 
 # --------------------------------------------------------------------------- small helpers

@@ -82,19 +82,9 @@ def log_params(client: MlflowClient, run_id: str, params: Mapping[str, Any]) -> 
 def experiment_id_for(client: MlflowClient, name: str) -> str:
     """The experiment `name`, made if missing, marked as model training (see `mark_kind`)."""
     found = client.get_experiment_by_name(name)
-    experiment_id = found.experiment_id if found else client.create_experiment(
-        name, artifact_location=artifact_location(client.tracking_uri))
+    experiment_id = found.experiment_id if found else client.create_experiment(name)
     mark_kind(client, experiment_id)
     return experiment_id
-
-
-def artifact_location(tracking_uri: str) -> str | None:
-    """Artifacts beside a SQLite store: MLflow's default is the *current* folder's mlruns/,
-    which scatters a store's artifacts wherever a study happens to start."""
-    if tracking_uri.startswith("sqlite:///"):
-        db = Path(tracking_uri.removeprefix("sqlite:///"))
-        return (db.parent / "mlruns").resolve().as_uri()
-    return None
 
 
 def mark_kind(client: MlflowClient, experiment_id: str) -> None:
