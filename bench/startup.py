@@ -45,14 +45,19 @@ def launch(task: str, data_dir: Path, size: int, study: str, folder: Path, cache
     out = folder / f"{study}.json"
     env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_RUN_ID", "MLFLOW_TRACKING_URI")}
     env |= {"MEDTUNE_CACHE": str(cache), "MEDTUNE_CHECKPOINTS": str(folder / "checkpoints"),
-            "TF_CPP_MIN_LOG_LEVEL": "2"}
-    args = ["tune", "--task", task, "--data-dir", str(data_dir), "--image-size", str(size),
+            "TF_CPP_MIN_LOG_LEVEL": "2",
+            # run in `folder`, so MLflow's default artifact root (./mlruns) is the bench's, not
+            # the project's; `bench` still imports from the repo
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(common.REPO),
+                                                        os.environ.get("PYTHONPATH")]))}
+    args = ["tune", "--task", task, "--data-dir", str(Path(data_dir).resolve()),
+            "--image-size", str(size),
             "--epochs", "1", "--n-trials", "1", "--study", study,
             "--storage", common.sqlite_url(folder / "optuna.db"),
             "--tracking-uri", common.sqlite_url(folder / "mlflow.db")]
     launched = time.time()
     done = subprocess.run([sys.executable, "-m", "bench._first_batch", str(launched), str(out),
-                           "--", *args], cwd=common.REPO, env=env, capture_output=True, text=True)
+                           "--", *args], cwd=folder, env=env, capture_output=True, text=True)
     report = json.loads(out.read_text()) if out.exists() else {}
     if done.returncode != 0 or "first_batch" not in report:
         raise RuntimeError(f"{study}: {report.get('error', 'no report')}\n{done.stderr[-3000:]}")
