@@ -14,11 +14,17 @@ from search.engines import StudyRun, get_engine
 from search.manifest import manifest
 from search.problems import Classification, Segmentation, make_problem
 from search.pruners import make_pruner, make_sampler
-from search.recovery import JOURNAL, Recovery
+from search.recovery import Recovery
 from search.refit import refit_best
 from search.settings import TuneSettings
 from search.spec import StudySpec, baseline_params
-from search.tracking import DataRecord, StudyTracker, load_registered_model
+from search.tracking import (
+    DataRecord,
+    StudyTracker,
+    load_registered_model,
+    made_elsewhere,
+    record_maker,
+)
 from search.urls import mask_password
 from search.worker import MemoryGuard
 
@@ -47,14 +53,16 @@ def open_study(
 ) -> optuna.Study:
     """Create the study, or load it to continue it."""
     recovery = recovery or Recovery(spec.recovery)
-    study = optuna.create_study(
-        study_name=settings.study_name,
-        storage=recovery.storage(settings.storage),
-        sampler=make_sampler(spec.sampler, settings.seed),
-        pruner=make_pruner(spec.pruner, settings.epochs),
-        direction="maximize",
-        load_if_exists=True,
-    )
+    name, storage = settings.study_name, recovery.storage(settings.storage)
+    sampler = make_sampler(spec.sampler, settings.seed)
+    pruner = make_pruner(spec.pruner, settings.epochs)
+    try:  # the storage makes a study once: of workers starting it together, one makes it
+        study = optuna.create_study(study_name=name, storage=storage, sampler=sampler,
+                                    pruner=pruner, direction="maximize")
+        record_maker(study)
+    except optuna.exceptions.DuplicatedStudyError:
+        study = optuna.load_study(study_name=name, storage=storage, sampler=sampler,
+                                  pruner=pruner)
     identity = {"task": spec.name, "epochs": settings.epochs,
                 "image_size": settings.image_size, "data_dir": settings.data_dir}
     if spec.training["precision"] != "float32":  # (older studies recorded no precision)
@@ -167,9 +175,7 @@ def _start_tracking(spec: StudySpec, settings: TuneSettings, study: optuna.Study
         tags={"medtune.task": spec.name, "mlflow.note.content": spec.description},
         experiment=experiment or spec.name,
         tracking_uri=tracking_uri,
-        # Workers on several machines may start a new study together; on one machine's SQLite
-        # or journal file, `--workers` makes the study before it starts its workers.
-        shared=not settings.storage.startswith(("sqlite", JOURNAL)),
+        joined=made_elsewhere(study),  # then the study's run is its maker's
     )
     tracker.use_data(data_record(spec.data, data))
     tracker.chance = problem.chance()

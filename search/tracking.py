@@ -48,8 +48,11 @@ from search.worker import owner_alive, owner_id, resident_mb
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 PARENT_ATTR = "mlflow_parent_run_id"  # study user attr: the parent run survives restarts
 OUTER_ATTR = "mlflow_run:"  # study user attrs `mlflow_run:<run id>` = owner of `mlflow run`'s run
+# study user attr: {"owner": process, "at": time} of the process that made the study; it makes
+# the study's run, which workers that joined the new study wait for (`StudyTracker.open`)
+MAKER_ATTR = "medtune_made_by"
+JOIN_WAIT_SECONDS = 60.0
 MAX_TAG = 5000
-SETTLE_SECONDS = 1.0
 KIND_TAG = "mlflow.experimentKind"  # what MLflow 3's UI reads to open an experiment's page on
 KIND = "custom_model_development"  # training runs (rather than GenAI traces)
 SYSTEM_METRICS_INTERVAL = 1.0  # seconds between samples: a short trial still gets a few points
@@ -252,37 +255,38 @@ class StudyTracker:
         tags: Mapping[str, str],
         experiment: str = "medtune",
         tracking_uri: str | None = None,
-        shared: bool = False,
+        joined: bool = False,
     ) -> StudyTracker:
         """Reopen the study's run, or start it: `mlflow run`'s own run when started by it (see
-        the module's doc), else a new run in `experiment`. `shared`: other workers may be
-        starting this study right now (see `_settle_parent`)."""
+        the module's doc), else a new run in `experiment`. `joined`: another process made the
+        study, maybe moments ago (workers starting a new study together): its run is the
+        study's, so this one waits for it rather than making a second."""
         client = MlflowClient(tracking_uri or mlflow.get_tracking_uri())
         outer = os.environ.get("MLFLOW_RUN_ID")  # set by `mlflow run` for the project's command
         end_dead_outer_runs(client, study, outer)
         parent = _existing_run(client, study.user_attrs.get(PARENT_ATTR))
-        created = False
+        if parent is None and joined:
+            parent = _await_parent(client, study)
+        created = parent is None
         run_tags = {"medtune.study": study.study_name, "medtune.kind": "study", **tags}
-        pause = SETTLE_SECONDS if shared else 0.0
         if parent is not None:
             client.update_run(parent, status="RUNNING")
         elif outer:  # the run `mlflow run` made becomes the study's run
+            parent = outer
+            study.set_user_attr(PARENT_ATTR, parent)  # first: joined workers wait for it
             experiment_id = client.get_run(outer).info.experiment_id
             mark_kind(client, experiment_id)
             client.update_run(outer, name=study.study_name)
             client.log_batch(outer, tags=[RunTag(k, v) for k, v in run_tags.items()])
             log_params(client, outer, settings)
-            parent = _settle_parent(client, study, outer, pause, delete=False)
-            created = parent == outer
         else:
             parent = client.create_run(
                 experiment_id_for(client, experiment), run_name=study.study_name, tags=run_tags
             ).info.run_id
+            study.set_user_attr(PARENT_ATTR, parent)
             log_params(client, parent, settings)
-            winner = _settle_parent(client, study, parent, pause)
-            created, parent = winner == parent, winner
         if outer:
-            if outer != parent:  # a continuation (or another worker's `mlflow run` won)
+            if outer != parent:  # a continuation (or another worker's `mlflow run` made it)
                 _point_to(client, outer, parent, study.study_name, settings)
             key = OUTER_ATTR + outer
             if not study.user_attrs.get(key):  # the first process: `--workers` starts more
@@ -432,17 +436,33 @@ class StudyTracker:
                 f"http://127.0.0.1:5000/{page}")
 
 
-def _settle_parent(client: MlflowClient, study: optuna.Study, mine: str, pause: float,
-                   delete: bool = True) -> str:
-    """Workers that start a new study together each make a parent run: the last to record its
-    run wins, after a pause that lets the others' writes land; the rest delete theirs (a run
-    `mlflow run` made is kept: it becomes a pointer to the winner)."""
-    study.set_user_attr(PARENT_ATTR, mine)
-    time.sleep(pause)
-    winner = study.user_attrs[PARENT_ATTR]  # read from the storage, not a cache
-    if winner != mine and delete:
-        client.delete_run(mine)
-    return winner
+def record_maker(study: optuna.Study) -> None:
+    """Says that this process made `study` (so it makes the study's run)."""
+    study.set_user_attr(MAKER_ATTR, {"owner": owner_id(), "at": time.time()})
+
+
+def made_elsewhere(study: optuna.Study) -> bool:
+    """Whether another process made `study` (or one that has not said so yet: a worker can
+    read a new study between its maker's creating it and recording itself)."""
+    return (study.user_attrs.get(MAKER_ATTR) or {}).get("owner") != owner_id()
+
+
+def _await_parent(client: MlflowClient, study: optuna.Study) -> str | None:
+    """The study's run, once the process that made the study records it; None when that
+    process is gone without one: dead (on this host), or the study is older than
+    `JOIN_WAIT_SECONDS`. The storage creates a study once, so exactly one of the workers that
+    start it together makes it and its run, and the rest wait here: no race on who records
+    last."""
+    started = time.time()
+    while True:
+        if parent := _existing_run(client, study.user_attrs.get(PARENT_ATTR)):
+            return parent
+        maker = study.user_attrs.get(MAKER_ATTR) or {}
+        made = min(maker.get("at", started), started)  # (another host's clock may run ahead)
+        if time.time() - made > JOIN_WAIT_SECONDS or (
+                maker and owner_alive(maker["owner"]) is False):
+            return None
+        time.sleep(0.25)
 
 
 def _point_to(client: MlflowClient, outer: str, study_run: str, study_name: str,

@@ -23,13 +23,6 @@ def isolated_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("MEDTUNE_CHECKPOINTS", str(tmp_path_factory.mktemp("checkpoints")))
 
 
-@pytest.fixture(autouse=True)
-def no_settle_pause(monkeypatch):
-    """In-process studies have one worker: no pause for others to record their parent run
-    (worker processes that tests start keep the pause)."""
-    monkeypatch.setattr("search.tracking.SETTLE_SECONDS", 0.0)
-
-
 def write_png(path: Path, seed: int, size: int = 40, mode: str = "L") -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)

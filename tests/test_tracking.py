@@ -6,6 +6,8 @@ its parameters as `mlflow run` logs them (empty defaults as ''), and `MLFLOW_RUN
 import json
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import optuna
@@ -17,7 +19,10 @@ from search.cli import main
 from search.tracking import (
     KIND,
     KIND_TAG,
+    MAKER_ATTR,
     OUTER_ATTR,
+    PARENT_ATTR,
+    StudyTracker,
     _finish_system_metrics,
     _system_metrics,
     log_params,
@@ -175,3 +180,43 @@ def test_outside_mlflow_run_a_study_logs_into_the_tasks_experiment(workdir, tiny
 @pytest.fixture(autouse=True)
 def _no_project_run(monkeypatch):
     monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+
+
+def test_workers_starting_a_new_study_together_share_its_one_run(tmp_path, monkeypatch):
+    """Workers on two hosts start a new study together: the storage lets one make it, and that
+    one makes the study's run. The other read the study before that run was recorded, and
+    records nothing of its own however late the maker is (this used to be settled by "last to
+    record wins, after a 1 s pause": a maker more than the pause late left two study runs)."""
+
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    storage, tracking = f"sqlite:///{tmp_path}/optuna.db", f"sqlite:///{tmp_path}/mlflow.db"
+    made = optuna.create_study(study_name="together", storage=storage)
+    made.set_user_attr(MAKER_ATTR, {"owner": "host-a:100:1", "at": time.time()})
+    joined: list[StudyTracker] = []
+    joiner = threading.Thread(target=lambda: joined.append(StudyTracker.open(
+        optuna.load_study(study_name="together", storage=storage), settings={"side": "b"},
+        tags={}, experiment="labs", tracking_uri=tracking, joined=True)))
+    joiner.start()
+    time.sleep(2.0)  # host A is slow to get to its run
+    assert joiner.is_alive() and PARENT_ATTR not in made.user_attrs
+    maker = StudyTracker.open(made, settings={"side": "a"}, tags={}, experiment="labs",
+                              tracking_uri=tracking)
+    joiner.join(timeout=30)
+    assert maker.created and not joined[0].created
+    assert joined[0].parent_run_id == maker.parent_run_id == made.user_attrs[PARENT_ATTR]
+    client = MlflowClient(tracking)
+    runs = client.search_runs([client.get_experiment_by_name("labs").experiment_id])
+    assert [r.info.run_id for r in runs] == [maker.parent_run_id]
+
+
+def test_a_worker_does_not_wait_for_the_run_of_a_maker_that_died(tmp_path, monkeypatch):
+    """The process that made the study died before recording its run (on this host, so its
+    death is known): a worker that continues the study makes the run at once."""
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    study = optuna.create_study(study_name="orphan", storage=f"sqlite:///{tmp_path}/o.db")
+    study.set_user_attr(MAKER_ATTR, {"owner": owner_id(dead.pid), "at": time.time()})
+    tracker = StudyTracker.open(study, settings={}, tags={}, experiment="labs",
+                                tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", joined=True)
+    assert tracker.created and study.user_attrs[PARENT_ATTR] == tracker.parent_run_id
