@@ -48,10 +48,12 @@ from search.worker import owner_alive, owner_id, resident_mb
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 PARENT_ATTR = "mlflow_parent_run_id"  # study user attr: the parent run survives restarts
 OUTER_ATTR = "mlflow_run:"  # study user attrs `mlflow_run:<run id>` = owner of `mlflow run`'s run
-# study user attr: {"owner": process, "at": time} of the process that made the study; it makes
-# the study's run, which workers that joined the new study wait for (`StudyTracker.open`)
+# study user attr: the process that made the study (`owner_id`); it makes the study's run, which
+# workers that joined the new study wait for (`StudyTracker.open`)
 MAKER_ATTR = "medtune_made_by"
-JOIN_WAIT_SECONDS = 60.0
+JOIN_WAIT_SECONDS = 60.0  # for a maker on another host, whose death this one cannot see
+ATTR_WAIT_SECONDS = 5.0  # for the maker to record itself, just after making the study
+SETTLE_SECONDS = 1.0
 MAX_TAG = 5000
 KIND_TAG = "mlflow.experimentKind"  # what MLflow 3's UI reads to open an experiment's page on
 KIND = "custom_model_development"  # training runs (rather than GenAI traces)
@@ -267,24 +269,28 @@ class StudyTracker:
         parent = _existing_run(client, study.user_attrs.get(PARENT_ATTR))
         if parent is None and joined:
             parent = _await_parent(client, study)
-        created = parent is None
+        created = False
         run_tags = {"medtune.study": study.study_name, "medtune.kind": "study", **tags}
+        # A joined worker that makes the run all the same (its maker died or stalled, or the
+        # study's run was deleted) may not be the only one: it settles with the others.
+        pause = SETTLE_SECONDS if joined else 0.0
         if parent is not None:
             client.update_run(parent, status="RUNNING")
         elif outer:  # the run `mlflow run` made becomes the study's run
-            parent = outer
-            study.set_user_attr(PARENT_ATTR, parent)  # first: joined workers wait for it
             experiment_id = client.get_run(outer).info.experiment_id
             mark_kind(client, experiment_id)
             client.update_run(outer, name=study.study_name)
             client.log_batch(outer, tags=[RunTag(k, v) for k, v in run_tags.items()])
             log_params(client, outer, settings)
+            parent = _settle_parent(client, study, outer, pause, delete=False)
+            created = parent == outer
         else:
             parent = client.create_run(
                 experiment_id_for(client, experiment), run_name=study.study_name, tags=run_tags
             ).info.run_id
-            study.set_user_attr(PARENT_ATTR, parent)
             log_params(client, parent, settings)
+            winner = _settle_parent(client, study, parent, pause)
+            created, parent = winner == parent, winner
         if outer:
             if outer != parent:  # a continuation (or another worker's `mlflow run` made it)
                 _point_to(client, outer, parent, study.study_name, settings)
@@ -438,31 +444,48 @@ class StudyTracker:
 
 def record_maker(study: optuna.Study) -> None:
     """Says that this process made `study` (so it makes the study's run)."""
-    study.set_user_attr(MAKER_ATTR, {"owner": owner_id(), "at": time.time()})
+    study.set_user_attr(MAKER_ATTR, owner_id())
 
 
 def made_elsewhere(study: optuna.Study) -> bool:
     """Whether another process made `study` (or one that has not said so yet: a worker can
     read a new study between its maker's creating it and recording itself)."""
-    return (study.user_attrs.get(MAKER_ATTR) or {}).get("owner") != owner_id()
+    return study.user_attrs.get(MAKER_ATTR) != owner_id()
 
 
 def _await_parent(client: MlflowClient, study: optuna.Study) -> str | None:
-    """The study's run, once the process that made the study records it; None when that
-    process is gone without one: dead (on this host), or the study is older than
-    `JOIN_WAIT_SECONDS`. The storage creates a study once, so exactly one of the workers that
-    start it together makes it and its run, and the rest wait here: no race on who records
-    last."""
-    started = time.time()
+    """The study's run, once the process that made the study records it. The storage creates
+    a study once, so of the workers that start it together exactly one makes it, and its run;
+    the rest wait here. None, at once, when the study's run was recorded before and is gone;
+    else when the maker died (on this host), never said who it is (a study made before makers
+    were recorded) or took longer than `JOIN_WAIT_SECONDS` (counted on this host's clock)."""
+    if recorded := study.user_attrs.get(PARENT_ATTR):  # (recorded since `open` looked)
+        return _existing_run(client, recorded)  # None: deleted, or another tracking store
+    started = time.monotonic()
     while True:
-        if parent := _existing_run(client, study.user_attrs.get(PARENT_ATTR)):
+        attrs = study.user_attrs  # read from the storage, not a cache
+        if parent := _existing_run(client, attrs.get(PARENT_ATTR)):
             return parent
-        maker = study.user_attrs.get(MAKER_ATTR) or {}
-        made = min(maker.get("at", started), started)  # (another host's clock may run ahead)
-        if time.time() - made > JOIN_WAIT_SECONDS or (
-                maker and owner_alive(maker["owner"]) is False):
-            return None
+        waited = time.monotonic() - started
+        maker = attrs.get(MAKER_ATTR)
+        if (waited > JOIN_WAIT_SECONDS or (maker is None and waited > ATTR_WAIT_SECONDS)
+                or (maker is not None and owner_alive(maker) is False)):
+            return _existing_run(client, study.user_attrs.get(PARENT_ATTR))  # (a last look)
         time.sleep(0.25)
+
+
+def _settle_parent(client: MlflowClient, study: optuna.Study, mine: str, pause: float,
+                   delete: bool = True) -> str:
+    """Records `mine` as the study's run. The maker of a new study records at once; joined
+    workers that make a run all the same settle: the last to record wins, after a pause that
+    lets the others' writes land, and the rest delete theirs (a run `mlflow run` made is kept:
+    it becomes a pointer to the winner)."""
+    study.set_user_attr(PARENT_ATTR, mine)
+    time.sleep(pause)
+    winner = study.user_attrs[PARENT_ATTR]  # read from the storage, not a cache
+    if winner != mine and delete:
+        client.delete_run(mine)
+    return winner
 
 
 def _point_to(client: MlflowClient, outer: str, study_run: str, study_name: str,

@@ -17,6 +17,7 @@ from mlflow.tracking import MlflowClient
 
 from search.cli import main
 from search.tracking import (
+    JOIN_WAIT_SECONDS,
     KIND,
     KIND_TAG,
     MAKER_ATTR,
@@ -187,11 +188,10 @@ def test_workers_starting_a_new_study_together_share_its_one_run(tmp_path, monke
     one makes the study's run. The other read the study before that run was recorded, and
     records nothing of its own however late the maker is (this used to be settled by "last to
     record wins, after a 1 s pause": a maker more than the pause late left two study runs)."""
-
     monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
     storage, tracking = f"sqlite:///{tmp_path}/optuna.db", f"sqlite:///{tmp_path}/mlflow.db"
     made = optuna.create_study(study_name="together", storage=storage)
-    made.set_user_attr(MAKER_ATTR, {"owner": "host-a:100:1", "at": time.time()})
+    made.set_user_attr(MAKER_ATTR, "host-a:100:1")  # another host: whether it lives is unknown
     joined: list[StudyTracker] = []
     joiner = threading.Thread(target=lambda: joined.append(StudyTracker.open(
         optuna.load_study(study_name="together", storage=storage), settings={"side": "b"},
@@ -213,10 +213,41 @@ def test_a_worker_does_not_wait_for_the_run_of_a_maker_that_died(tmp_path, monke
     """The process that made the study died before recording its run (on this host, so its
     death is known): a worker that continues the study makes the run at once."""
     monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
-    dead = subprocess.Popen([sys.executable, "-c", "pass"])
-    dead.wait()
+    maker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     study = optuna.create_study(study_name="orphan", storage=f"sqlite:///{tmp_path}/o.db")
-    study.set_user_attr(MAKER_ATTR, {"owner": owner_id(dead.pid), "at": time.time()})
+    study.set_user_attr(MAKER_ATTR, owner_id(maker.pid))
+    maker.kill()
+    maker.wait()
+    started = time.monotonic()
     tracker = StudyTracker.open(study, settings={}, tags={}, experiment="labs",
                                 tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", joined=True)
+    assert time.monotonic() - started < JOIN_WAIT_SECONDS / 4
     assert tracker.created and study.user_attrs[PARENT_ATTR] == tracker.parent_run_id
+
+
+def test_workers_relaunched_on_a_study_whose_run_was_deleted_make_one_new_run(tmp_path,
+                                                                               monkeypatch):
+    """The study's run is gone (deleted in the UI) and two workers continue the study at the
+    same moment: neither waits for a maker, and they settle on one new run."""
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    storage, tracking = f"sqlite:///{tmp_path}/optuna.db", f"sqlite:///{tmp_path}/mlflow.db"
+    study = optuna.create_study(study_name="again", storage=storage)
+    study.set_user_attr(MAKER_ATTR, "host-a:100:1")
+    first = StudyTracker.open(study, settings={}, tags={}, experiment="labs",
+                              tracking_uri=tracking)
+    client = MlflowClient(tracking)
+    client.delete_run(first.parent_run_id)
+    opened: list[StudyTracker] = []
+    workers = [threading.Thread(target=lambda: opened.append(StudyTracker.open(
+        optuna.load_study(study_name="again", storage=storage), settings={}, tags={},
+        experiment="labs", tracking_uri=tracking, joined=True))) for _ in range(2)]
+    started = time.monotonic()
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=30)
+    assert time.monotonic() - started < JOIN_WAIT_SECONDS / 4
+    assert len({t.parent_run_id for t in opened} | {study.user_attrs[PARENT_ATTR]}) == 1
+    assert sum(t.created for t in opened) == 1
+    live = client.search_runs([first.experiment_id])
+    assert [r.info.run_id for r in live] == [opened[0].parent_run_id] != [first.parent_run_id]
