@@ -456,16 +456,15 @@ def made_elsewhere(study: optuna.Study) -> bool:
 def _await_parent(client: MlflowClient, study: optuna.Study) -> str | None:
     """The study's run, once the process that made the study records it. The storage creates
     a study once, so of the workers that start it together exactly one makes it, and its run;
-    the rest wait here. None, at once, when the study's run was recorded before and is gone;
-    else when the maker died (on this host), never said who it is (a study made before makers
-    were recorded) or took longer than `JOIN_WAIT_SECONDS` (counted on this host's clock)."""
-    if recorded := study.user_attrs.get(PARENT_ATTR):  # (recorded since `open` looked)
-        return _existing_run(client, recorded)  # None: deleted, or another tracking store
+    the rest wait here. None, at once, when the run recorded is gone (deleted, or another
+    tracking store); else when the maker died (on this host), never said who it is (a study
+    made before makers were recorded) or took longer than `JOIN_WAIT_SECONDS` (counted on
+    this host's clock)."""
     started = time.monotonic()
     while True:
         attrs = study.user_attrs  # read from the storage, not a cache
-        if parent := _existing_run(client, attrs.get(PARENT_ATTR)):
-            return parent
+        if recorded := attrs.get(PARENT_ATTR):
+            return _existing_run(client, recorded)
         waited = time.monotonic() - started
         maker = attrs.get(MAKER_ATTR)
         if (waited > JOIN_WAIT_SECONDS or (maker is None and waited > ATTR_WAIT_SECONDS)

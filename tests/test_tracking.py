@@ -183,12 +183,11 @@ def _no_project_run(monkeypatch):
     monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
 
 
-def test_workers_starting_a_new_study_together_share_its_one_run(tmp_path, monkeypatch):
+def test_workers_starting_a_new_study_together_share_its_one_run(tmp_path):
     """Workers on two hosts start a new study together: the storage lets one make it, and that
     one makes the study's run. The other read the study before that run was recorded, and
     records nothing of its own however late the maker is (this used to be settled by "last to
     record wins, after a 1 s pause": a maker more than the pause late left two study runs)."""
-    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
     storage, tracking = f"sqlite:///{tmp_path}/optuna.db", f"sqlite:///{tmp_path}/mlflow.db"
     made = optuna.create_study(study_name="together", storage=storage)
     made.set_user_attr(MAKER_ATTR, "host-a:100:1")  # another host: whether it lives is unknown
@@ -209,10 +208,9 @@ def test_workers_starting_a_new_study_together_share_its_one_run(tmp_path, monke
     assert [r.info.run_id for r in runs] == [maker.parent_run_id]
 
 
-def test_a_worker_does_not_wait_for_the_run_of_a_maker_that_died(tmp_path, monkeypatch):
+def test_a_worker_does_not_wait_for_the_run_of_a_maker_that_died(tmp_path):
     """The process that made the study died before recording its run (on this host, so its
     death is known): a worker that continues the study makes the run at once."""
-    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
     maker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     study = optuna.create_study(study_name="orphan", storage=f"sqlite:///{tmp_path}/o.db")
     study.set_user_attr(MAKER_ATTR, owner_id(maker.pid))
@@ -225,11 +223,9 @@ def test_a_worker_does_not_wait_for_the_run_of_a_maker_that_died(tmp_path, monke
     assert tracker.created and study.user_attrs[PARENT_ATTR] == tracker.parent_run_id
 
 
-def test_workers_relaunched_on_a_study_whose_run_was_deleted_make_one_new_run(tmp_path,
-                                                                               monkeypatch):
+def test_workers_relaunched_on_a_study_whose_run_was_deleted_make_one_new_run(tmp_path):
     """The study's run is gone (deleted in the UI) and two workers continue the study at the
     same moment: neither waits for a maker, and they settle on one new run."""
-    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
     storage, tracking = f"sqlite:///{tmp_path}/optuna.db", f"sqlite:///{tmp_path}/mlflow.db"
     study = optuna.create_study(study_name="again", storage=storage)
     study.set_user_attr(MAKER_ATTR, "host-a:100:1")
