@@ -47,6 +47,16 @@ def _not_interrupts(record: logging.LogRecord) -> bool:
     return not (record.exc_info and isinstance(record.exc_info[1], KeyboardInterrupt))
 
 
+def _yes_no(text: str) -> bool:
+    """A switch that MLproject can pass as a value: true/false, yes/no, 1/0 ("": false)."""
+    value = text.strip().lower()
+    if value in ("", "false", "no", "0", "off"):
+        return False
+    if value in ("true", "yes", "1", "on"):
+        return True
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
 def _workers(text: str) -> int | None:
     """`--workers`: a number, or auto (None: one per GPU)."""
     return None if text.strip().lower() == "auto" else _whole(text)
@@ -102,16 +112,20 @@ def parser() -> argparse.ArgumentParser:
                       help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or "
                            "sqlite:///mlflow.db)")
     export = commands.add_parser(
-        "export", help="replay a study's best trial and register its model as champion")
+        "export", help="register a study's champion, kept in MLflow, as `champion`")
     export.add_argument("--study", required=True,
                         help="study name: the task's name, unless `tune --study` gave another")
     export.add_argument("--storage", type=_optional(str),
                         help="Optuna storage URL (default sqlite:///optuna.db)")
     export.add_argument("--name", type=_optional(str),
                         help="registered model name (default: the study name)")
+    export.add_argument("--replay", type=_yes_no, nargs="?", const=True, default=False,
+                        help="first retrain the best trial as it ran and register nothing "
+                             "unless it reaches the recorded value (a reproducibility check)")
     export.add_argument("--tolerance", type=_optional(float), default=None,
-                        help="refuse to register when the replay misses the recorded value by "
-                             "more than this (default: the study file's [export] tolerance)")
+                        help="with --replay: refuse to register when the replay misses the "
+                             "recorded value by more than this (default: the study file's "
+                             "[export] tolerance)")
     export.add_argument("--experiment", type=_optional(str),
                         help="MLflow experiment (default: the task's name)")
     export.add_argument("--tracking-uri", type=_optional(str))
@@ -136,6 +150,8 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up chatter
+    # A kept model is a few MB: MLflow's download bars would be noise between the epoch lines.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     # Optuna logs a trial cut by Ctrl-C with its traceback; medtune says it in one line.
     logging.getLogger("optuna.study._optimize").addFilter(_not_interrupts)
     from search.spec import load_spec, task_names
@@ -293,11 +309,16 @@ def _export(args: argparse.Namespace) -> int:
     from search.settings import DEFAULT_STORAGE
 
     done = export_best(args.study, args.storage or DEFAULT_STORAGE, name=args.name,
-                       tolerance=args.tolerance, tracking_uri=args.tracking_uri,
-                       experiment=args.experiment)
+                       replay=args.replay, tolerance=args.tolerance,
+                       tracking_uri=args.tracking_uri, experiment=args.experiment)
     model = done.registered
-    print(f"\nreplayed trial {done.trial}: {done.replayed:.4f} (recorded {done.recorded:.4f}, "
-          f"tolerance {done.tolerance})")
+    source = (f"trial {done.trial}'s refit" if done.champion == "refit"
+              else f"trial {done.trial}") + f" ({done.recorded:.4f} on validation)"
+    if done.model_id:
+        print(f"\nthe study's champion: {source}, kept in MLflow as models:/{done.model_id}")
+    if done.replayed is not None:
+        print(f"replayed trial {done.trial}: {done.replayed:.4f} (recorded {done.recorded:.4f}, "
+              f"tolerance {done.tolerance})")
     print(f"registered {model.name} version {model.version} as champion"
           + (f"; version {model.previous} is now challenger" if model.previous else ""))
     print(f"  predict: mlflow.pyfunc.load_model({model.model_uri!r}).predict(['image.png'])")

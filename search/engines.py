@@ -16,6 +16,7 @@ from search.settings import DEFAULT_ENGINE, TuneSettings
 if TYPE_CHECKING:
     import optuna
 
+    from search.kept import Keeper
     from search.problems import Classification, Segmentation
     from search.recovery import Recovery
     from search.spec import StudySpec
@@ -65,6 +66,7 @@ class StudyRun:
     study: optuna.Study
     problem: Classification | Segmentation
     tracker: StudyTracker
+    keeper: Keeper  # the study's best trials' models, kept in MLflow
     recovery: Recovery
     guard: MemoryGuard | None = None
     verbose: bool = True

@@ -1,29 +1,39 @@
-"""`medtune export`: retrain a study's best trial exactly as it ran (same params, same seed),
-check that the replay reaches the recorded value, and register that model as `champion`.
+"""`medtune export`: register a study's champion as `champion` in the MLflow Model Registry.
 
-The replay is the gate: a recorded value that cannot be reproduced (data changed since, code
-changed, a tampered storage) is not a model to promote, so the export is refused and both values
-are logged for a person to look at.
+The champion is the model the study kept in MLflow (`search.kept`): its best trial's best epoch,
+or the refit of it when the refit beat it; the model the test split judged. Export loads it from
+MLflow, so it takes seconds, trains nothing and runs on any machine that reaches the study's
+storage and tracking store.
+
+`--replay` adds a reproducibility check: the best trial is retrained exactly as it ran (same
+params, seed, data and epochs) and nothing is registered unless the replay reaches the recorded
+value within the tolerance (data or code changed since, a tampered storage). A study made before
+models were kept has nothing to load: its best trial is replayed and that model registered.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import keras
 import optuna
 
-from search.holdout import REFIT_ATTR, refit_file
-from search.manifest import package_versions
-from search.predictor import preprocessing
+from search import kept
+from search.holdout import REFIT_ATTR
+from search.manifest import served_requirements
 from search.recovery import open_storage
-from search.spec import load_spec, spec_from_record
-from search.study import SETTINGS_ATTR, STUDY_FILE_ATTR, data_record, prepare_problem
-from search.tracking import Registered, export_run, register_model
+from search.spec import StudySpec, load_spec, spec_from_record
+from search.study import (
+    SETTINGS_ATTR,
+    STUDY_FILE_ATTR,
+    data_record,
+    feature_base,
+    prepare_problem,
+)
+from search.tracking import Registered, TrialRun, export_run, kept_model, register_model
 from search.training import fresh_keras_session
 from search.trial import run_trial
 from search.urls import mask_password
-
-SERVED_PACKAGES = ("tensorflow-cpu", "keras", "mlflow", "numpy", "pandas", "pillow")
 
 
 class ReplayMismatch(ValueError):
@@ -35,15 +45,10 @@ class Export:
     registered: Registered
     trial: int
     recorded: float
-    replayed: float
-    tolerance: float
-
-
-def requirements() -> list[str]:
-    """What a served model needs, pinned to the versions it was trained with (a package not
-    installed, e.g. `tensorflow` instead of `tensorflow-cpu`, is left out)."""
-    return [f"{name}=={version}" for name, version in package_versions(SERVED_PACKAGES).items()
-            if version]
+    champion: str  # "trial" or "refit": which model was registered
+    model_id: str | None  # the kept model registered (None: a replay of an older study)
+    replayed: float | None = None  # the replay's value, with --replay
+    tolerance: float | None = None
 
 
 def best_trial(study_name: str, storage: str) -> tuple[optuna.Study, optuna.trial.FrozenTrial]:
@@ -64,22 +69,12 @@ def best_trial(study_name: str, storage: str) -> tuple[optuna.Study, optuna.tria
         ) from None
 
 
-def _take_refit(model, study: optuna.Study, trial: int, storage: str) -> bool:
-    """Load the refit's weights into the replayed model when the study's refit of this trial
-    beat it on validation (`medtune tune --refit-epochs`) and its weights are on this machine."""
-    refit = study.user_attrs.get(REFIT_ATTR)
-    path = refit_file(storage, study.study_name)
-    if not (refit and refit["trial"] == trial and refit["champion"] and path.is_file()):
-        return False
-    model.load_weights(path)
-    return True
-
-
 def export_best(
     study_name: str,
     storage: str,
     *,
     name: str | None = None,
+    replay: bool = False,
     tolerance: float | None = None,  # None: the study file's [export] tolerance
     tracking_uri: str | None = None,
     experiment: str | None = None,  # None: the task's name, as the study's
@@ -93,49 +88,66 @@ def export_best(
             if STUDY_FILE_ATTR in study.user_attrs
             else load_spec(recorded["task"]))  # a study older than the record: today's file
     tolerance = spec.export["tolerance"] if tolerance is None else tolerance
+    model_id = kept.champion_id(study, study.user_attrs.get(REFIT_ATTR))
+    champion = "trial" if model_id == best.user_attrs.get(kept.MODEL_ATTR) else "refit"
+    replay = replay or model_id is None  # an older study: nothing kept to load
+    params = {"study": study_name, "storage": mask_password(storage), "task": spec.name,
+              "trial": best.number, "replay": replay, "image_size": recorded["image_size"],
+              **({"tolerance": tolerance} if replay else {}), **best.params}
+    tags = {"medtune.study": study_name, "medtune.task": spec.name,
+            "medtune.exported_trial": str(best.number), "medtune.champion": champion,
+            "medtune.model_id": model_id or "",
+            "replayed_run_id": best.user_attrs.get("mlflow_run_id", "")}
+    with export_run(f"export {study_name}", params, tags, experiment=experiment or spec.name,
+                    tracking_uri=tracking_uri) as run:
+        run.log_metrics({"recorded_value": best.value})
+        replayed, model, settings = None, None, None
+        if replay:
+            replayed, model, settings = _replay(spec, study, best, run, tolerance, tracking_uri,
+                                                verbose)
+        if model_id is not None:  # what the study kept (and the test split judged)
+            model, metadata = kept_model(model_id, tracking_uri)
+            settings = metadata["medtune"]
+            if spec.transfer:  # a head on the frozen base's features: the two as one model
+                base = feature_base(recorded.get("base"), recorded["image_size"], tracking_uri)
+                model = base.end_to_end(model)
+        registered = register_model(run, model, settings, name or study_name,
+                                    served_requirements())
+    return Export(registered, best.number, best.value, champion, model_id, replayed,
+                  tolerance if replay else None)
+
+
+def _replay(spec: StudySpec, study: optuna.Study, best: optuna.trial.FrozenTrial,
+            run: TrialRun, tolerance: float, tracking_uri: str | None, verbose: bool
+            ) -> tuple[float, keras.Model, dict]:
+    """Retrain `best` as it ran and check its value: the replayed value, the model (base and
+    head as one, for a transfer task) and its predictor settings; `ReplayMismatch` when the
+    value is off by more than `tolerance`."""
+    recorded = study.user_attrs[SETTINGS_ATTR]
     # A Keras Tuner trial trained Hyperband's epochs for it; an Optuna trial the study's.
     size, epochs = recorded["image_size"], best.user_attrs.get("epochs", recorded["epochs"])
     problem, base, _ = prepare_problem(spec, recorded["data_dir"], size, recorded.get("base"),
                                        tracking_uri)
-    data = problem.data
-    config = problem.config(best.params)
     seed = best.user_attrs.get("seed", best.number)  # studies before the attr ran with seed 0
-
-    params = {"study": study_name, "storage": mask_password(storage), "task": spec.name,
-              "trial": best.number, "seed": seed, "epochs": epochs, "image_size": size,
-              "tolerance": tolerance, **best.params}
-    tags = {"medtune.study": study_name, "medtune.task": spec.name,
-            "medtune.replayed_trial": str(best.number),
-            "replayed_run_id": best.user_attrs.get("mlflow_run_id", "")}
-    with export_run(f"export {study_name}", params, tags, experiment=experiment or spec.name,
-                    tracking_uri=tracking_uri) as run, fresh_keras_session():
-        run.log_data(data_record(spec.data, data))
+    run.log_data(data_record(spec.data, problem.data))
+    with fresh_keras_session():
         # The trial as it ran (same lifecycle, params and seed), without a pruner to stop it.
         try:
             result = run_trial(spec, problem, best.params, run, epochs=epochs, seed=seed,
                                verbose=verbose)
         except optuna.TrialPruned as stop:  # stuck: the replay cannot reach the trial's value
-            raise ReplayMismatch(f"replaying trial {best.number} of {study_name!r} (seed {seed}) "
-                                 f"was stopped: {stop}. Not registered.") from None
-        model, replayed = result.model, result.value
-        run.log_metrics({"recorded_value": best.value, "replayed_value": replayed,
-                         "replay_difference": replayed - best.value})
-        if abs(replayed - best.value) > tolerance:
-            raise ReplayMismatch(
-                f"trial {best.number} of {study_name!r} recorded {spec.objective} "
-                f"{best.value:.4f}, but replaying it (same params, seed {seed}) gave "
-                f"{replayed:.4f}, off by more than the tolerance {tolerance}. Not registered. "
-                "Has the data or the code changed since the study ran? Re-run the study, or "
-                "raise --tolerance if this variation is expected."
-            )
-        if _take_refit(model, study, best.number, storage):  # the champion: trial + refit
-            run.log_metrics({"refit_value": study.user_attrs[REFIT_ATTR]["value"]})
-        if base is not None:
-            model = base.end_to_end(model)
-        kind = "segmentation" if data.layout == "pairs" else "classification"
-        registered = register_model(
-            run, model,
-            preprocessing(spec.name, kind, size, data.class_names, config.get("loss", "")),
-            name or study_name, requirements(),
+            raise ReplayMismatch(f"replaying trial {best.number} of {study.study_name!r} (seed "
+                                 f"{seed}) was stopped: {stop}. Not registered.") from None
+    replayed = result.value
+    run.log_metrics({"replayed_value": replayed, "replay_difference": replayed - best.value})
+    if abs(replayed - best.value) > tolerance:
+        raise ReplayMismatch(
+            f"trial {best.number} of {study.study_name!r} recorded {spec.objective} "
+            f"{best.value:.4f}, but replaying it (same params, seed {seed}) gave "
+            f"{replayed:.4f}, off by more than the tolerance {tolerance}. Not registered. "
+            "Has the data or the code changed since the study ran? Re-run the study, or "
+            "raise --tolerance if this variation is expected."
         )
-    return Export(registered, best.number, best.value, replayed, tolerance)
+    model = result.model if base is None else base.end_to_end(result.model)
+    settings = kept.Keeper(spec, problem, size).metadata(result.config)["medtune"]
+    return replayed, model, settings

@@ -21,7 +21,6 @@ import keras
 import keras_tuner
 import optuna
 
-from search import holdout
 from search.engines import StudyRun
 from search.limits import counted_trials, epochs_spent
 from search.objective import improves
@@ -141,9 +140,7 @@ class _Hyperband(keras_tuner.Hyperband):
                     is_best=lambda v: improves(job.study, v), verbose=job.verbose,
                 )
                 self._keep(trial.trial_id, result.model)
-                if result.best_so_far:
-                    holdout.keep_best(result.model, job.settings.storage, job.study,
-                                      record.number)
+                job.keeper.keep_if_top(job.study, record, run, result)
                 record.set_user_attr("best_epoch", result.best_epoch)
             record.end(TS.COMPLETE, result.value)
         except Stuck:  # recorded as pruned; Hyperband ranks it below every trial (see score)

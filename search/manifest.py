@@ -38,6 +38,16 @@ def package_versions(names: tuple[str, ...] = PACKAGES) -> dict[str, str | None]
     return versions
 
 
+SERVED_PACKAGES = ("tensorflow-cpu", "keras", "mlflow", "numpy", "pandas", "pillow")
+
+
+def served_requirements() -> list[str]:
+    """What a served model needs, pinned to the versions it was trained with (a package not
+    installed, e.g. `tensorflow` instead of `tensorflow-cpu`, is left out)."""
+    return [f"{name}=={version}" for name, version in package_versions(SERVED_PACKAGES).items()
+            if version]
+
+
 def manifest(
     *, settings: dict[str, Any], sampler: dict, pruner: dict, data: dict[str, Any], study_file: str
 ) -> dict[str, Any]:

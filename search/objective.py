@@ -12,8 +12,8 @@ from collections.abc import Callable
 import optuna
 from optuna_integration import KerasPruningCallback
 
-from search import holdout
 from search.checkpoints import Checkpoint
+from search.kept import Keeper
 from search.problems import Classification, Segmentation
 from search.recovery import OWNER_ATTR, retried_from
 from search.spec import StudySpec, suggest
@@ -27,6 +27,7 @@ def make_objective(
     spec: StudySpec,
     problem: Classification | Segmentation,
     tracker: StudyTracker,
+    keeper: Keeper,
     *,
     epochs: int,
     seed: int,
@@ -53,8 +54,9 @@ def make_objective(
                 pruning=KerasPruningCallback(trial, spec.objective),
                 is_best=lambda value: improves(trial.study, value), verbose=verbose,
             )
-            if result.best_so_far:  # the test split judges the study's pick once, at the end
-                holdout.keep_best(result.model, storage, trial.study, trial.number)
+            # Among the study's best? Its model is kept in MLflow (the test split, the refit
+            # and export load it from there).
+            keeper.keep_if_top(trial.study, trial, run, result)
             trial.set_user_attr("best_epoch", result.best_epoch)
             return result.value
 

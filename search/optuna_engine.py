@@ -33,8 +33,9 @@ def search(job: StudyRun) -> None:
     study). A failed trial does not count, so the loop goes on past it; a run whose own trials
     keep failing stops after as many failures as it was asked to finish trials."""
     settings, study = job.settings, job.study
-    objective = make_objective(job.spec, job.problem, job.tracker, epochs=settings.epochs,
-                               seed=settings.seed, storage=settings.storage, verbose=job.verbose)
+    objective = make_objective(job.spec, job.problem, job.tracker, job.keeper,
+                               epochs=settings.epochs, seed=settings.seed,
+                               storage=settings.storage, verbose=job.verbose)
     deadline = time.monotonic() + settings.timeout if settings.timeout else None
     failures = FailureCount(max(1, settings.n_trials - counted_trials(study)))
     budget = EpochBudget(settings.epoch_budget)

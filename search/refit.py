@@ -3,9 +3,10 @@
 recipe. The search judged configurations at the epochs the scheduler gave them; the champion
 gets the lab's full training.
 
-The refit is a child run of the study (`<study>-refit`). It is the champion only if it beats
-the trial it started from on validation; the test split then judges it (`search.holdout`), and
-`medtune export` registers it. Nothing here looks at the test split.
+The refit is a child run of the study (`<study>-refit`), and starts from the trial's model as
+kept in MLflow, so any machine of the study can run it. It is the champion only if it beats the
+trial it started from on validation; its model is then kept too, the test split judges it
+(`search.holdout`), and `medtune export` registers it. Nothing here looks at the test split.
 """
 
 from __future__ import annotations
@@ -15,20 +16,18 @@ from typing import Any
 import keras
 import optuna
 
-from search import holdout
 from search.holdout import REFIT_ATTR
-from search.problems import Classification, Segmentation
+from search.kept import MODEL_ATTR, Keeper, load
 from search.spec import StudySpec
 from search.tracking import StudyTracker, TrialRecord
 from search.training import EarlierTraining, TrialFailed, fresh_keras_session
 from search.trial import fixed_params, run_trial
 
 
-def refit_best(spec: StudySpec, problem: Classification | Segmentation, study: optuna.Study,
-               tracker: StudyTracker, storage: str, epochs: int, *,
-               verbose: bool = True) -> dict[str, Any] | None:
+def refit_best(spec: StudySpec, keeper: Keeper, study: optuna.Study, tracker: StudyTracker,
+               epochs: int, *, verbose: bool = True) -> dict[str, Any] | None:
     """Continue the best trial to `epochs`; None when there is nothing to continue (no
-    completed trial, its weights not on this machine, or it already trained that long)."""
+    completed trial, no kept model, or it already trained that long)."""
     try:
         best = study.best_trial
     except ValueError:
@@ -36,16 +35,17 @@ def refit_best(spec: StudySpec, problem: Classification | Segmentation, study: o
     done = study.user_attrs.get(REFIT_ATTR)
     if done and done["trial"] == best.number and done["epochs"] == epochs:
         return done  # refitted already: a continued study with the same best is not retrained
-    kept = holdout.weights_file(storage, study.study_name, best.number)
+    model_id = best.user_attrs.get(MODEL_ATTR)
     start = best.user_attrs.get("best_epoch", 0)
-    if not kept.is_file() or start >= epochs:
-        why = (f"its best epoch {start} is not below {epochs}" if kept.is_file() else
-               f"its weights are not on this machine ({kept})")
+    if model_id is None or start >= epochs:
+        why = (f"its best epoch {start} is not below {epochs}" if model_id else
+               "it kept no model (a study older than kept models)")
         print(f"medtune: no refit of trial #{best.number}: {why}", flush=True)
         return None
+    problem = keeper.problem
 
-    def restore(model: keras.Model) -> EarlierTraining:
-        model.load_weights(kept)
+    def restore(model: keras.Model) -> EarlierTraining:  # from MLflow: any machine can refit
+        model.set_weights(load(model_id, tracker.tracking_uri).get_weights())
         return EarlierTraining(start)
 
     seed = best.user_attrs.get("seed", best.number)
@@ -61,8 +61,8 @@ def refit_best(spec: StudySpec, problem: Classification | Segmentation, study: o
             result = run_trial(spec, problem, best.params, run, epochs=epochs, seed=seed,
                                restore=restore, is_best=lambda value: value > best.value,
                                verbose=verbose)
-            if result.best_so_far:  # else the trial's own weights stay the champion
-                result.model.save_weights(holdout.refit_file(storage, study.study_name))
+            if result.best_so_far:  # else the trial's own model stays the champion
+                outcome["model_id"] = keeper.keep(run, study.study_name, result, "refit")
             run.log_metrics({"refit.trial_value": best.value,
                              "refit.champion": float(result.best_so_far)})
         outcome |= {"value": result.value, "best_epoch": result.best_epoch,

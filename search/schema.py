@@ -80,6 +80,7 @@ STUDY = Table(
         "training": Table(TRAINING, required=(tuple(TRAINING),)),
         "recovery": Table(dict.fromkeys(RECOVERY_KEYS, NUMBER), required=(RECOVERY_KEYS,)),
         "gradcam": Table({"trials": str, "images": int}, required=(("trials", "images"),)),
+        "selection": Table({"top_k": int}, required=(("top_k",),)),
         "export": Table({"tolerance": NUMBER}, required=(("tolerance",),)),
         "artifacts": Table({"overlay_images": int, "mask_threshold": NUMBER},
                            required=(("overlay_images", "mask_threshold"),)),

@@ -42,7 +42,10 @@ class StudySpec:
     recovery: dict[str, Any]  # dead workers' trials: heartbeat, retries, epoch checkpoints
     gradcam: dict[str, Any] | None  # {"trials": "best" | "all", "images": n}, or None
     transfer: bool  # trials train a head on features of a frozen base, extracted once
-    export: dict[str, Any]  # `medtune export`: the replay's tolerance on the objective
+    # the models kept in MLflow: `top_k`; None in a study recorded before it existed (export
+    # of such a study replays its best trial)
+    selection: dict[str, Any] | None
+    export: dict[str, Any]  # `medtune export --replay`: the replay's tolerance on the objective
     artifacts: dict[str, Any]  # segmentation overlays: how many images, the mask threshold
     split: dict[str, Any]  # image/mask pairs: validation fraction and seed (`loader.load`)
     synthetic: dict[str, dict[str, int]]  # embedded synthetic sets' settings, by generator
@@ -161,6 +164,9 @@ def _build(name: str, raw: dict, text: str, defaults_text: str) -> StudySpec:
         if table.get("baselines", 0) < 0:
             raise ValueError(f"[budget.{budget}] baselines = {table['baselines']}: the number "
                              "of the study's baselines to queue first, 0 or more")
+    if raw.get("selection", {}).get("top_k", 1) < 1:
+        raise ValueError(f"[selection] top_k = {raw['selection']['top_k']}: the number of the "
+                         "study's best models kept in MLflow, 1 or more (the best is exported)")
     kind = "segmentation" if isinstance(catalog.get(raw["data"]), catalog.MaskSet) else (
         "classification")
     from search.training import PRECISIONS  # here: it imports Keras, as the builders' check does
@@ -189,6 +195,7 @@ def _build(name: str, raw: dict, text: str, defaults_text: str) -> StudySpec:
         recovery=raw["recovery"],
         gradcam=gradcam_settings(raw.get("gradcam")),
         transfer=bool(raw.get("transfer", False)),
+        selection=raw.get("selection"),
         export=raw["export"],
         artifacts=raw["artifacts"],
         split=raw["split"],

@@ -11,6 +11,7 @@ from models.transfer import FeatureBase, imagenet_base, trained_base
 from search import holdout
 from search.engines import DEFAULT as DEFAULT_ENGINE
 from search.engines import StudyRun, get_engine
+from search.kept import Keeper
 from search.manifest import manifest
 from search.problems import Classification, Segmentation, make_problem
 from search.pruners import make_pruner, make_sampler
@@ -216,15 +217,16 @@ def run_study(
     recovery.fail_orphans(study)  # trials a dead worker left RUNNING: failed, then retried
     status = "FINISHED"
     try:
-        engine.search(StudyRun(spec, settings, study, problem, tracker, recovery, guard,
+        keeper = Keeper(spec, problem, settings.image_size)
+        engine.search(StudyRun(spec, settings, study, problem, tracker, keeper, recovery, guard,
                                verbose, show_progress_bar))
         if guard is not None and guard.exceeded:
             return study, tracker  # restarting with fresh memory: the study goes on
         refit = None
         if settings.refit_epochs:
-            refit = refit_best(spec, problem, study, tracker, settings.storage,
-                               settings.refit_epochs, verbose=verbose)
-        holdout.judge_best(spec, problem, study, settings.storage, refit)
+            refit = refit_best(spec, keeper, study, tracker, settings.refit_epochs,
+                               verbose=verbose)
+        holdout.judge_best(spec, problem, study, tracker.tracking_uri, refit)
     except BaseException:
         status = "KILLED"  # interrupted: keep what was logged, end the parent as killed
         raise

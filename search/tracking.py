@@ -58,6 +58,7 @@ MAX_TAG = 5000
 KIND_TAG = "mlflow.experimentKind"  # what MLflow 3's UI reads to open an experiment's page on
 KIND = "custom_model_development"  # training runs (rather than GenAI traces)
 SYSTEM_METRICS_INTERVAL = 1.0  # seconds between samples: a short trial still gets a few points
+MODEL_TYPE = "medtune"  # the logged models of trials and refits (the Models view's "type")
 
 
 def _now_ms() -> int:
@@ -179,6 +180,7 @@ class TrialRun:
         self.run_id = run_id
         self.name = name
         self.history: Mapping[str, list[float]] = {}
+        self.data: DataRecord | None = None  # the data set its metrics are measured on
 
     def follow(self, history: Mapping[str, list[float]]) -> None:
         self.history = history
@@ -213,7 +215,51 @@ class TrialRun:
         self.client.log_text(self.run_id, text, path)
 
     def log_data(self, data: DataRecord) -> None:
+        self.data = data
         log_data(self.client, self.run_id, data)
+
+    def keep_model(self, model: keras.Model, *, step: int, metrics: Mapping[str, float],
+                   metadata: Mapping[str, Any], requirements: list[str],
+                   tags: Mapping[str, str]) -> str:
+        """Log `model` as an MLflow logged model of this run: the Keras 3 flavor with a
+        signature and an input example, the run's params, `metadata` in its MLmodel, and
+        `metrics` (epoch `step`'s, the weights' own) linked to it, so the experiment's Models
+        view lists it with them. Returns its id (`models:/<id>` loads it)."""
+        import mlflow.keras
+        from mlflow.entities import LoggedModelOutput
+        from mlflow.models import Model, infer_signature
+
+        started = time.monotonic()
+        run = self.client.get_run(self.run_id)
+        logged = self.client.create_logged_model(
+            run.info.experiment_id, name=self.name, source_run_id=self.run_id,
+            params=run.data.params, tags=dict(tags), model_type=MODEL_TYPE)
+        try:
+            shape = [1 if n is None else n for n in model.input_shape]
+            example = np.full(shape, 0.5, dtype="float32")
+            signature = infer_signature(example, model.predict(example, verbose=0))
+            with tempfile.TemporaryDirectory() as tmp:
+                folder = Path(tmp, "model")
+                folder.mkdir()  # save_model into an existing folder: see `register_model`
+                mlflow.keras.save_model(
+                    model, str(folder), signature=signature, input_example=example,
+                    pip_requirements=requirements, metadata=dict(metadata),
+                    mlflow_model=Model(artifact_path=logged.artifact_location,
+                                       run_id=self.run_id, model_id=logged.model_id))
+                self.client.log_model_artifacts(logged.model_id, str(folder))
+        except BaseException:
+            self.client.finalize_logged_model(logged.model_id, "FAILED")
+            raise
+        data = ({"dataset_name": self.data.name, "dataset_digest": self.data.digest[:16]}
+                if self.data else {})
+        stamp = _now_ms()
+        self.client.log_outputs(self.run_id, models=[LoggedModelOutput(logged.model_id, step)])
+        self.client.log_batch(self.run_id, metrics=[
+            Metric(k, float(v), stamp, step, model_id=logged.model_id, **data)
+            for k, v in metrics.items()])
+        self.client.finalize_logged_model(logged.model_id, "READY")
+        self.log_metrics({"trial.keep_seconds": time.monotonic() - started})
+        return logged.model_id
 
     def resumed(self, history: Mapping[str, list[float]], epochs: int) -> None:
         """A retried trial continues from a checkpoint: its earlier epochs go first."""
@@ -540,6 +586,56 @@ def _existing_run(client: MlflowClient, run_id: str | None) -> str | None:
         return None  # the tracking store was reset: start a new parent run
     return run_id if run.info.lifecycle_stage == "active" else None
 
+
+
+def drop_model(client: MlflowClient, model_id: str) -> None:
+    """Delete a kept model and its files (MLflow's own delete only marks it, and `mlflow gc`
+    removes the files later), so a study's storage stays bounded."""
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+    logged = client.get_logged_model(model_id)
+    get_artifact_repository(logged.artifact_location, client.tracking_uri).delete_artifacts()
+    client.delete_logged_model(model_id)
+
+
+def live_models(client: MlflowClient, experiment_id: str, study: str) -> set[str]:
+    """The ids of the models a study keeps now (not deleted)."""
+    found, token = set(), None
+    while True:
+        page = client.search_logged_models(
+            [experiment_id], filter_string=f"tags.`medtune.study` = '{study}'",
+            page_token=token)
+        found |= {m.model_id for m in page}
+        token = page.token
+        if not token:
+            return found
+
+
+def kept_model(model_id: str, tracking_uri: str | None = None
+               ) -> tuple[keras.Model, dict[str, Any]]:
+    """A kept model (`keep_model`) from MLflow, uncompiled, and its MLmodel metadata; from any
+    machine that reaches the tracking store. A deleted or unknown id is a ValueError."""
+    from mlflow.artifacts import download_artifacts
+    from mlflow.models import Model
+
+    client = MlflowClient(tracking_uri or mlflow.get_tracking_uri())
+    try:
+        logged = client.get_logged_model(model_id)
+        if str(logged.status) != "READY":  # its upload failed
+            raise MlflowException(f"its status is {logged.status}")
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = Path(download_artifacts(artifact_uri=logged.artifact_location, dst_path=tmp,
+                                             tracking_uri=client.tracking_uri))
+            model = keras.saving.load_model(next(folder.glob("data/*.keras")), compile=False)
+            metadata = Model.load(folder).metadata or {}
+    except (MlflowException, StopIteration, OSError) as error:
+        why = error.message if isinstance(error, MlflowException) else str(error) or "no model"
+        store = mask_password(client.tracking_uri)
+        raise ValueError(
+            f"model {model_id} is not in the MLflow tracking store {store} ({why}): give the "
+            "--tracking-uri the study logged to, or retrain the model (export --replay)"
+        ) from None
+    return model, metadata
 
 
 def load_registered_model(uri: str, tracking_uri: str | None = None) -> keras.Model:

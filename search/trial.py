@@ -45,6 +45,8 @@ class TrialResult:
     best_epoch: int  # 1-based, counting the epochs a resumed trial did before
     model: keras.Model
     best_so_far: bool  # beat every earlier trial of the study (the test split judges it later)
+    config: dict[str, Any]  # the model's and training's settings (`problem.config`)
+    metrics: dict[str, float]  # every metric of the best epoch, the model's own
 
 
 class TrialHistory(keras.callbacks.Callback):
@@ -79,6 +81,11 @@ class TrialHistory(keras.callbacks.Callback):
     def best(self, monitor: str) -> tuple[float, int]:
         value, epoch = best_epoch(self.values[monitor])
         return value, self.first + epoch
+
+    def at(self, epoch: int) -> dict[str, float]:
+        """Every metric of `epoch` (1-based, as `best` counts)."""
+        return {k: v[epoch - self.first - 1] for k, v in self.values.items()
+                if len(v) >= epoch - self.first}
 
 
 def fixed_params(spec: StudySpec, problem: Classification | Segmentation,
@@ -133,4 +140,4 @@ def run_trial(
     best_so_far = is_best(value)
     problem.log_artifacts(run, model, val, config, epoch, best_so_far)
     run.log_metrics({"trial.objective": value, "trial.best_epoch": epoch})
-    return TrialResult(value, epoch, model, best_so_far)
+    return TrialResult(value, epoch, model, best_so_far, config, history.at(epoch))

@@ -1,4 +1,5 @@
-"""`medtune export`: replay the best trial, gate on its value, register, load, predict, serve."""
+"""`medtune export`: register the champion the study kept in MLflow (no retraining); with
+--replay, retrain the best trial first and gate on its value; load, predict, serve."""
 
 import base64
 import json
@@ -13,6 +14,7 @@ import urllib.request
 from pathlib import Path
 
 import mlflow
+import mlflow.keras
 import mlflow.pyfunc
 import numpy as np
 import optuna
@@ -40,28 +42,61 @@ def lenet_study(workdir, tiny_skin):
     return workdir
 
 
-def test_export_registers_the_replayed_best_trial_as_champion(lenet_study, capsys):
+def test_export_registers_the_kept_champion_without_retraining(lenet_study, capsys):
     workdir = lenet_study
+    study = optuna.load_study(study_name="lenet_skin", storage=f"sqlite:///{workdir}/optuna.db")
+    kept = study.best_trial.user_attrs["model_id"]
     assert export(workdir, "--study", "lenet_skin") == 0
     out = capsys.readouterr().out
-    assert "registered lenet_skin version 1 as champion" in out
+    assert f"kept in MLflow as models:/{kept}" in out
+    assert "registered lenet_skin version 1 as champion" in out and "replayed" not in out
 
     (run,) = export_runs(workdir)
-    metrics = run.data.metrics
-    assert abs(metrics["replayed_value"] - metrics["recorded_value"]) <= 0.02
-    assert run.info.status == "FINISHED"
+    assert run.info.status == "FINISHED" and run.data.tags["medtune.model_id"] == kept
+    assert run.data.metrics["recorded_value"] == pytest.approx(study.best_value)
+    assert "val_accuracy" not in run.data.metrics  # nothing was trained
+    assert not any(Path(os.environ["MEDTUNE_CHECKPOINTS"]).rglob("*.h5"))  # nor kept on disk
     client = MlflowClient(f"sqlite:///{workdir}/mlflow.db")
-    history = client.get_metric_history(run.info.run_id, "val_accuracy")
-    assert [m.step for m in history] == [1, 2]  # the replay's epochs, logged as they ran
     # The Keras flavor beside the pyfunc, with its signature and input example.
     keras_model = Path(client.download_artifacts(run.info.run_id, "keras_model", str(workdir)))
     mlmodel = (keras_model / "MLmodel").read_text()
     assert "keras" in mlmodel and "signature" in mlmodel and "input_example" in mlmodel
+    # The registered model holds the kept model's weights.
+    mlflow.set_tracking_uri(f"sqlite:///{workdir}/mlflow.db")
+    registered = mlflow.pyfunc.load_model("models:/lenet_skin@champion")
+    images = np.random.default_rng(0).random((3, 32, 32, 1)).astype("float32")
+    ours = mlflow.keras.load_model(f"models:/{kept}").predict(images, verbose=0)
+    theirs = registered.unwrap_python_model().keras_model.predict(images, verbose=0)
+    np.testing.assert_allclose(ours, theirs, atol=1e-6)
 
     # A second export: the new version is champion, the old one challenger.
     assert export(workdir, "--study", "lenet_skin") == 0
     assert str(client.get_model_version_by_alias("lenet_skin", "champion").version) == "2"
     assert str(client.get_model_version_by_alias("lenet_skin", "challenger").version) == "1"
+
+
+def test_replay_retrains_the_best_trial_then_registers_the_kept_model(lenet_study, capsys):
+    workdir = lenet_study
+    assert export(workdir, "--study", "lenet_skin", "--replay") == 0
+    assert "replayed trial" in capsys.readouterr().out
+    (run,) = export_runs(workdir)
+    metrics = run.data.metrics
+    assert abs(metrics["replayed_value"] - metrics["recorded_value"]) <= 0.02
+    client = MlflowClient(f"sqlite:///{workdir}/mlflow.db")
+    history = client.get_metric_history(run.info.run_id, "val_accuracy")
+    assert [m.step for m in history] == [1, 2]  # the replay's epochs, logged as they ran
+    assert run.data.tags["medtune.model_id"]  # what is registered: the kept model
+
+
+def test_a_study_older_than_kept_models_is_replayed(lenet_study, capsys):
+    workdir = lenet_study
+    with sqlite3.connect(workdir / "optuna.db") as db:  # as a study before this version
+        db.execute("DELETE FROM trial_user_attributes WHERE key = 'model_id'")
+    assert export(workdir, "--study", "lenet_skin") == 0
+    out = capsys.readouterr().out
+    assert "replayed trial" in out and "registered lenet_skin version 1 as champion" in out
+    (run,) = export_runs(workdir)
+    assert run.data.tags["medtune.model_id"] == "" and "replayed_value" in run.data.metrics
 
 
 def test_the_champion_predicts_on_raw_image_files_and_arrays(lenet_study):
@@ -90,7 +125,7 @@ def test_the_replay_gate_refuses_a_tampered_value(lenet_study, capsys):
     workdir = lenet_study
     with sqlite3.connect(workdir / "optuna.db") as db:  # someone edits the recorded result
         db.execute("UPDATE trial_values SET value = value + 0.3")
-    assert export(workdir, "--study", "lenet_skin", "--tolerance", "0.05") == 2
+    assert export(workdir, "--study", "lenet_skin", "--replay", "--tolerance", "0.05") == 2
     err = capsys.readouterr().err
     assert "replaying it" in err and "Not registered" in err
     (run,) = export_runs(workdir)
@@ -109,21 +144,21 @@ def test_an_augmented_trial_replays_within_the_tolerance(lenet_study):
     best = optuna.load_study(study_name="lenet_skin",
                              storage=f"sqlite:///{workdir}/optuna.db").best_trial
     assert best.number == 1 and best.params["augment"] is True
-    assert export(workdir, "--study", "lenet_skin", "--tolerance", "0.001") == 0
+    assert export(workdir, "--study", "lenet_skin", "--replay", "--tolerance", "0.001") == 0
     (run,) = export_runs(workdir)
     assert run.data.metrics["replayed_value"] == pytest.approx(best.value, abs=0.001)
 
 
 def test_a_study_of_ones_own_file_exports_after_the_file_is_gone(workdir, tiny_skin, capsys):
-    # The README's `task`: a task name or the path of one's own study file. Export replays with
-    # the file as the study recorded it, so moving or deleting it afterwards changes nothing.
+    # The README's `task`: a task name or the path of one's own study file. A replay uses the
+    # file as the study recorded it, so moving or deleting it afterwards changes nothing.
     mine = workdir / "mine.toml"
     mine.write_text((Path(__file__).parents[1] / "studies" / "lenet_skin.toml").read_text())
     assert tune(workdir, "--task", str(mine), "--n-trials", "1", "--data-dir",
                 str(tiny_skin)) == 0
     mine.unlink()
 
-    assert export(workdir, "--study", "mine") == 0
+    assert export(workdir, "--study", "mine", "--replay") == 0
     assert "registered mine version 1 as champion" in capsys.readouterr().out
     (run,) = export_runs(workdir)
     assert run.data.params["task"] == "mine"
@@ -136,6 +171,12 @@ def test_a_study_of_ones_own_file_exports_after_the_file_is_gone(workdir, tiny_s
 def test_export_errors_name_the_problem(lenet_study, capsys, args, message):
     assert export(lenet_study, *args) == 2
     assert message in capsys.readouterr().err
+
+
+def test_a_bad_replay_value_is_named(workdir, capsys):
+    with pytest.raises(SystemExit):
+        export(workdir, "--study", "lenet_skin", "--replay", "maybe")
+    assert "expected true or false, got 'maybe'" in capsys.readouterr().err
 
 
 def free_port() -> int:
@@ -187,7 +228,7 @@ def test_the_served_champion_answers_http_on_loopback(lenet_study):
 def test_a_segmenter_exports_lung_masks(workdir, tiny_course):
     assert tune(workdir, "--task", "unet_xray", "--n-trials", "1", "--data-dir",
                 str(tiny_course)) == 0
-    assert export(workdir, "--study", "unet_xray", "--tolerance", "0.05") == 0
+    assert export(workdir, "--study", "unet_xray") == 0
     mlflow.set_tracking_uri(f"sqlite:///{workdir}/mlflow.db")
     model = mlflow.pyfunc.load_model("models:/unet_xray@champion")
     masks = model.predict(np.random.default_rng(0).integers(0, 256, (2, 50, 50), dtype="uint8"))

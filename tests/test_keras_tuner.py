@@ -56,7 +56,7 @@ def test_export_replays_a_keras_tuner_trial_for_its_own_epochs(workdir, tiny_ski
                               storage=f"sqlite:///{workdir}/optuna.db")
     # Hyperband's first rung: three new trials of 1 epoch each, none continued.
     assert [t.user_attrs["epochs"] for t in study.trials] == [1, 1, 1]
-    assert main(["export", "--study", "lenet_skin-keras-tuner",
+    assert main(["export", "--study", "lenet_skin-keras-tuner", "--replay",
                  "--storage", f"sqlite:///{workdir}/optuna.db",
                  "--tracking-uri", f"sqlite:///{workdir}/mlflow.db"]) == 0
     client, parents, _ = runs(workdir)

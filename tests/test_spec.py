@@ -292,6 +292,9 @@ def test_a_task_without_model_is_refused(tmp_path):
     (SPACE + "[synthetic.lungs]\nsize = 64.0\n", "[synthetic.lungs] size must be an integer"),
     (SPACE + "[budget.quick]\nbaselines = -1\n",
      "[budget.quick] baselines = -1: the number of the study's baselines to queue first"),
+    (SPACE + "[selection]\ntop_k = 0\n",
+     "[selection] top_k = 0: the number of the study's best models kept in MLflow, 1 or more"),
+    (SPACE + "[selection]\ntop_k = 2.0\n", "[selection] top_k must be an integer"),
 ])
 def test_wrong_values_are_named(tmp_path, text, expected):
     with pytest.raises(ValueError) as error:
@@ -327,6 +330,7 @@ def test_the_cli_prints_a_bad_study_file_as_one_line(tmp_path, capsys):
 def test_export_artifacts_split_and_synthetic_settings_are_in_the_spec(tmp_path):
     defaults = load_spec("unet_xray")
     assert defaults.export == {"tolerance": 0.02}
+    assert defaults.selection == {"top_k": 3}
     assert defaults.artifacts == {"overlay_images": 6, "mask_threshold": 0.5}
     assert defaults.split == {"validation_fraction": 0.2, "seed": 0}
     assert defaults.synthetic["lungs"] == {"n_pairs": 234, "size": 128, "seed": 0}

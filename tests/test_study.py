@@ -211,8 +211,9 @@ def test_mlflow_run_entry_points_tune_then_export(tmp_path, tiny_skin):
     export = client.get_run(version.run_id)
     assert export.data.tags["mlflow.project.entryPoint"] == "export"
     assert export.info.run_name == "export vgg_skin" and export.info.status == "FINISHED"
-    assert export.data.params["tolerance"] == "''" and export.data.params[
-        "resolved.tolerance"] == "0.02"
+    assert export.data.params["replay"] == "false"  # the kept model, not retrained:
+    best = optuna.load_study(study_name="vgg_skin", storage=storage).best_trial
+    assert export.data.tags["medtune.model_id"] == best.user_attrs["model_id"]
     assert client.get_model_version_by_alias("vgg_skin", "champion").version == version.version
 
 
@@ -388,12 +389,14 @@ def test_the_refit_continues_the_best_trial_and_the_champion_is_judged(workdir, 
     assert f"refit of trial #{best.number} from epoch {refit['from_epoch']} to 4" in (
         capsys.readouterr().out)
     assert parent.data.tags["champion"] == ("refit" if refit["champion"] else "trial")
-    # `export` replays the trial, then registers the champion: the refit's weights if it won.
+    # The refit's model is kept only when it is the champion; `export` registers the champion.
+    assert ("model_id" in refit) == refit["champion"]
     assert main(["export", "--study", "lenet_skin", "--storage", f"sqlite:///{workdir}/optuna.db",
                  "--tracking-uri", f"sqlite:///{workdir}/mlflow.db"]) == 0
     (exported,) = client.search_runs([parent.info.experiment_id],
                                      "tags.`medtune.kind` = 'export'")
-    assert ("refit_value" in exported.data.metrics) == refit["champion"]
+    assert exported.data.tags["medtune.champion"] == test["model"]
+    assert exported.data.tags["medtune.model_id"] == test["model_id"]
 
 
 def test_a_study_continued_with_another_split_or_synthetic_set_is_refused(tmp_path):
