@@ -36,6 +36,7 @@ BENCHMARKS = {
     "default_run": "4. The default run: `mlflow run . -e tune -P task=vgg_skin`",
     "growth": "5. How cost grows over a long study",
     "throughput": "6. Throughput: images per second, a medtune trial against plain keras.fit",
+    "kept_models": "7. Kept models: export without retraining, and the storage a study keeps",
 }
 # A benchmark whose module is not named after its key (`python -m bench.<module>`).
 MODULES = {"search": "search_efficiency"}

@@ -17,7 +17,8 @@ import time
 from bench import common
 
 # In the order of bench/RESULTS.md (names are BENCHMARKS keys; see common.module).
-ORDER = ["overhead", "search", "startup", "default_run", "growth", "throughput"]
+ORDER = ["overhead", "search", "startup", "default_run", "growth", "throughput",
+         "kept_models"]
 
 
 def main(argv: list[str] | None = None) -> int:

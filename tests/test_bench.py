@@ -13,7 +13,16 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))  # bench/ runs from the checkout; it is not an installed package
 
-from bench import common, default_run, growth, overhead, run_all, startup, throughput  # noqa: E402
+from bench import (  # noqa: E402
+    common,
+    default_run,
+    growth,
+    kept_models,
+    overhead,
+    run_all,
+    startup,
+    throughput,
+)
 
 
 @pytest.fixture(scope="module")
@@ -115,6 +124,20 @@ def test_default_run_smoke(out, monkeypatch):
     _, rows = table(client, "default_run", "milestones", out)
     assert {"first epoch done", "process ended"} <= {r["milestone"] for r in rows}
     assert not list(out.glob("work/default-run-*"))  # the working copy is removed
+
+
+def test_kept_models_smoke(out, monkeypatch):
+    client = smoke(kept_models, out, monkeypatch)
+    assert {"tables/export.csv", "tables/storage.csv"} <= set(logged(client, "kept_models"))
+    _, (tune, export, replay) = table(client, "kept_models", "export", out)
+    assert "-e export" in export["command"] and "replay=true" in replay["command"]
+    assert all(float(r["wall_s"]) > 0 for r in (tune, export, replay))
+    _, rows = table(client, "kept_models", "storage", out)
+    for row in rows:  # never more models than the study keeps, each with its files
+        assert 1 <= int(row["models_live"]) <= 3 and float(row["live_models_mib"]) > 0
+        assert 0 < float(row["keep_share_median"]) < 1
+    assert "Export of the kept champion:" in section(out, "kept_models")
+    assert not list(out.glob("work/kept-models-*"))  # the working copy is removed
 
 
 def test_growth_smoke(out, monkeypatch):

@@ -187,3 +187,55 @@ def test_the_mlflow_ui_shows_the_study_its_trials_objective_charts_and_data(
             page.get_by_text("cpu_utilization_percentage").first.wait_for()
         finally:
             browser.close()
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium (apt install chromium)")
+def test_the_models_tab_lists_the_kept_models_with_their_metrics(study, mlflow_ui, tmp_path):
+    """The study's best trials keep their models in MLflow (`[selection] top_k`): the
+    experiment's Models tab lists them, each with its best epoch's validation metrics."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    import optuna
+
+    client = MlflowClient(f"sqlite:///{study}/mlflow.db")
+    experiment = client.get_experiment_by_name(TASK)
+    kept = {m.name: m for m in client.search_logged_models([experiment.experiment_id])}
+    trials = optuna.load_study(study_name=TASK, storage=f"sqlite:///{study}/optuna.db").trials
+    values = {f"{TASK}-t{t.number:04d}": t.value for t in trials if "model_id" in t.user_attrs}
+    assert set(kept) == set(values) and 1 <= len(kept) <= 3  # top_k = 3 in the defaults
+
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=[
+            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+            "--disable-background-networking", "--disable-component-update", "--disable-sync"])
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 700})
+            page.set_default_timeout(30_000)
+            page.goto(f"{mlflow_ui}/#/experiments/{experiment.experiment_id}/models"
+                      "?workflowType=machine_learning")
+            links = page.locator('a[href*="/models/m-"]')
+            links.first.wait_for()
+            assert sorted(links.all_inner_texts()) == sorted(kept)
+            page.get_by_role("button", name="Close").click()  # the assistant's panel
+            # The validation metrics, chosen as a user does: Columns, the data set's metrics.
+            page.get_by_role("button", name="Columns").click()
+            for column in ("Status", "Logged from", "Registered models", "Dataset",
+                           "Parameters"):
+                toggle_column(page, column)
+            data = page.locator(".du-bois-light-tree-treenode").filter(
+                has=page.locator(".du-bois-light-tree-title").filter(
+                    has_text=re.compile(r"^Dataset: skin")))
+            data.locator(".du-bois-light-tree-switcher").click()
+            for column in ("accuracy", "auc", "balanced_accuracy", "loss"):
+                toggle_column(page, column)
+            page.keyboard.press("Escape")
+            headers = page.locator('[role="columnheader"]').all_inner_texts()
+            assert headers[-4:] == ["val_accuracy", "val_auc", "val_balanced_accuracy",
+                                    "val_loss"]
+            cells = page.locator('[role="gridcell"]').all_inner_texts()
+            for name, value in values.items():  # each row: name, then its val_accuracy
+                row = cells.index(name, len(kept) * 2)  # past the pinned name column
+                assert float(cells[row + 1]) == pytest.approx(value, abs=1e-6)
+            page.set_viewport_size({"width": 1400, "height": 400})
+            screenshot(page, tmp_path, "mlflow_models.png")
+        finally:
+            browser.close()
