@@ -63,13 +63,15 @@ def storage(copy: Path, study: str) -> dict:
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(f"sqlite:///{copy}/mlflow.db")
-    experiment = client.get_experiment_by_name(study)
-    live = client.search_logged_models([experiment.experiment_id],
+    # (under `mlflow run` the study logs into the experiment `mlflow run` chose)
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    live = client.search_logged_models(experiments,
                                        filter_string=f"tags.`medtune.study` = '{study}'")
     models = [Path(m.artifact_location.removeprefix("file://")) for m in live]
     trials = optuna.load_study(study_name=study, storage=f"sqlite:///{copy}/optuna.db").trials
     ever = [t for t in trials if "model_id" in t.user_attrs]
-    runs = client.search_runs([experiment.experiment_id], "tags.`medtune.kind` = 'trial'")
+    runs = client.search_runs(experiments, f"tags.`medtune.kind` = 'trial' and "
+                              f"tags.`medtune.study` = '{study}'")
     keep = [(r.data.metrics["trial.keep_seconds"], r.data.metrics["trial.seconds"])
             for r in runs if "trial.keep_seconds" in r.data.metrics]
     kept_mib = sum(folder_mib(m) for m in models)

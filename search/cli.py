@@ -9,7 +9,6 @@ import logging
 import os
 import subprocess
 import sys
-import time
 
 from search.engines import DEFAULT as DEFAULT_ENGINE
 from search.engines import ENGINES, get_engine
@@ -84,6 +83,10 @@ def parser() -> argparse.ArgumentParser:
     tune.add_argument("--refit-epochs", type=_optional(_whole), default=0,
                       help="when the study ends, continue its best trial to N epochs under early "
                            "stopping (the champion, if it beats the trial on validation; 0: no)")
+    tune.add_argument("--finalists", type=_optional(_whole),
+                      help="when the study ends, train its best N configurations again with "
+                           "other seeds and name the best mean champion (default: the study "
+                           "file's [selection] finalists)")
     tune.add_argument("--image-size", type=_optional(_whole), help="square input size in pixels")
     tune.add_argument("--data-dir", type=_optional(str),
                       help="course data folder, its data set folder, or a MedMNIST .npz "
@@ -182,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _tune(args: argparse.Namespace, spec, argv: list[str]) -> int:
     from search import worker
+    from search.limits import stop_reason
     from search.settings import resolve_settings
     from search.study import run_study
     from search.urls import mask_password
@@ -191,6 +195,7 @@ def _tune(args: argparse.Namespace, spec, argv: list[str]) -> int:
         data_dir=args.data_dir, seed=args.seed, n_trials=args.n_trials, timeout=args.timeout,
         epochs=args.epochs, image_size=args.image_size, base=args.base, engine=args.engine,
         epoch_budget=args.epoch_budget, refit_epochs=args.refit_epochs,
+        finalists=args.finalists,
     )
     gpus = _plan_gpus(args)
     print(
@@ -204,7 +209,7 @@ def _tune(args: argparse.Namespace, spec, argv: list[str]) -> int:
         f"  {_device_line(gpus, spec.training.get('precision', 'float32'))}",
         flush=True,
     )
-    started = time.monotonic()
+    timeout = settings.timeout  # the budget's, counted from the first start (restarts too)
     settings = dataclasses.replace(settings, timeout=worker.timeout_left(settings.timeout))
     run = functools.partial(run_study, spec, tracking_uri=args.tracking_uri,
                             experiment=args.experiment)
@@ -212,7 +217,7 @@ def _tune(args: argparse.Namespace, spec, argv: list[str]) -> int:
         if not get_engine(settings.engine).parallel:
             raise ValueError(f"the {settings.engine} engine runs in one process: drop --workers")
         # The study and its parent run, once; the refit waits for the workers' trials.
-        run(dataclasses.replace(settings, n_trials=0, refit_epochs=0))
+        run(dataclasses.replace(settings, n_trials=0, refit_epochs=0, finalists=0))
         failed = _run_workers(gpus, argv)
         study, tracker = run(dataclasses.replace(settings, n_trials=0))  # the final summary
     else:
@@ -225,7 +230,10 @@ def _tune(args: argparse.Namespace, spec, argv: list[str]) -> int:
             print(f"medtune: {guard.exceeded}; restarting this worker to release it "
                   "(the study continues where it is)", flush=True)
             return worker.RESTART
-    _print_summary(study, tracker, spec.objective, settings.n_trials, time.monotonic() - started)
+    seconds = worker.seconds_since_start()
+    why = stop_reason(study, n_trials=settings.n_trials, epoch_budget=settings.epoch_budget,
+                      timeout=timeout, seconds=seconds, engine=settings.engine)
+    _print_summary(study, tracker, spec.objective, settings.n_trials, seconds, why)
     if failed:
         print(f"medtune: error: {failed} of {args.workers} workers failed (see their output "
               "above); run the same command again to continue the study", file=sys.stderr)
@@ -263,12 +271,12 @@ def _worker_envs(gpus: list[str | None], base: dict[str, str]) -> list[dict[str,
 
 
 def _worker_argv(argv: list[str]) -> list[str]:
-    """This command without --workers, --gpus and --refit-epochs: what each worker runs (the
-    refit runs once, in this process, when the workers are done)."""
-    flags = ("--workers", "--gpus", "--refit-epochs")
+    """This command without --workers, --gpus, --refit-epochs and --finalists: what each worker
+    runs (the finalists and the refit run once, in this process, when the workers are done)."""
+    flags = ("--workers", "--gpus", "--refit-epochs", "--finalists")
     return [a for i, a in enumerate(argv)
             if a not in flags and (i == 0 or argv[i - 1] not in flags)
-            and not a.startswith(tuple(f"{f}=" for f in flags))]
+            and not a.startswith(tuple(f"{f}=" for f in flags))] + ["--finalists", "0"]
 
 
 def _run_workers(gpus: list[str | None], argv: list[str]) -> int:
@@ -342,9 +350,11 @@ def _dashboard(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_summary(study, tracker, objective: str, target: int, seconds: float) -> None:
+def _print_summary(study, tracker, objective: str, target: int, seconds: float,
+                   why: str) -> None:
     import optuna
 
+    from search.finalists import FINALISTS_ATTR, champion_trial, summary_lines
     from search.holdout import REFIT_ATTR, TEST_ATTR
     from search.limits import COUNTED, counted_trials
 
@@ -357,10 +367,16 @@ def _print_summary(study, tracker, objective: str, target: int, seconds: float) 
     counts += [(sum(t.number not in retried for t in failed), "failed"),
                (sum(t.number in retried for t in failed), "retried (worker lost or interrupted)")]
     print(f"\n=== {study.study_name}: {counted_trials(study)} of {target} trials done: "
-          f"{', '.join(f'{n} {what}' for n, what in counts)}; {seconds:.0f} s")
+          f"{', '.join(f'{n} {what}' for n, what in counts)}; {_duration(seconds)}")
+    print(f"stopped because {why}")
     if counts[0][0]:
-        best = study.best_trial
-        print(f"best trial: #{best.number}  {objective} = {best.value:.4f}")
+        recheck = study.user_attrs.get(FINALISTS_ATTR)
+        if recheck:
+            print("\n".join(summary_lines(recheck, objective)))
+        best = champion_trial(study)
+        print(f"{'champion' if recheck else 'best trial'}: #{best.number}  {objective} = "
+              f"{best.value:.4f}" + (" in the search, {mean:.4f} ± {sd:.4f} over {n} runs".format(
+                  **recheck["results"][str(best.number)]) if recheck else ""))
         for key, value in best.params.items():
             print(f"  {key:16} {value}")
         print(f"best trial's MLflow run: {best.user_attrs.get('mlflow_run_id')}")
@@ -381,6 +397,13 @@ def _print_summary(study, tracker, objective: str, target: int, seconds: float) 
     print(f"study's MLflow run:      {tracker.parent_run_id} "
           f"(experiment {tracker.experiment_id})")
     print(f"look at it:              {tracker.ui_hint()}")
+
+
+def _duration(seconds: float) -> str:
+    """`37 s`, or `1684 s (28 min 4 s)`."""
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    return f"{seconds:.0f} s ({int(seconds // 60)} min {seconds % 60:.0f} s)"
 
 
 def run() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import optuna
 import pandas as pd
 
+from search.finalists import FINALISTS_ATTR
 from search.holdout import TEST_ATTR
 from search.recovery import open_storage
 from search.urls import mask_password
@@ -25,12 +26,17 @@ def best_trials(storage: str, studies: list[str], top: int = 3) -> pd.DataFrame:
         objective = study.user_attrs.get("medtune_objective", "value")
         done = sorted(study.get_trials(deepcopy=False, states=(TS.COMPLETE,)),
                       key=lambda t: t.value, reverse=True)
-        test = study.user_attrs.get(TEST_ATTR, {})  # the best trial's, judged once
+        test = study.user_attrs.get(TEST_ATTR, {})  # the champion's, judged once
+        recheck = (study.user_attrs.get(FINALISTS_ATTR) or {}).get("results", {})
         for rank, trial in enumerate(done[:top], start=1):
+            again = recheck.get(str(trial.number))
             score = test.get(f"test_{objective.removeprefix('val_')}")
             rows.append({
                 "study": name, "rank": rank, "trial": trial.number, "objective": objective,
                 "value": round(trial.value, 4),
+                # re-checked finalists: mean ± SD over the trial's runs, and how many
+                "recheck": f"{again['mean']:.4f} ± {again['sd']:.4f} ({again['n']})" if again
+                else "",
                 "test": round(score, 4) if score is not None and test["trial"] == trial.number
                 else "",
                 "best_epoch": trial.user_attrs.get("best_epoch"),

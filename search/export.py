@@ -19,6 +19,7 @@ import keras
 import optuna
 
 from search import kept
+from search.finalists import champion_trial
 from search.holdout import REFIT_ATTR
 from search.manifest import served_requirements
 from search.recovery import open_storage
@@ -61,12 +62,11 @@ def best_trial(study_name: str, storage: str) -> tuple[optuna.Study, optuna.tria
         ) from None
     if SETTINGS_ATTR not in study.user_attrs:
         raise ValueError(f"study {study_name!r} was not made by medtune (no {SETTINGS_ATTR})")
-    try:
-        return study, study.best_trial
-    except ValueError:
+    best = champion_trial(study)  # the best trial, or the re-checked finalists' champion
+    if best is None:
         raise ValueError(
-            f"study {study_name!r} has no completed trial yet: let `medtune tune` finish one"
-        ) from None
+            f"study {study_name!r} has no completed trial yet: let `medtune tune` finish one")
+    return study, best
 
 
 def export_best(
@@ -134,6 +134,7 @@ def _replay(spec: StudySpec, study: optuna.Study, best: optuna.trial.FrozenTrial
         # The trial as it ran (same lifecycle, params and seed), without a pruner to stop it.
         try:
             result = run_trial(spec, problem, best.params, run, epochs=epochs, seed=seed,
+                               baseline=bool(best.user_attrs.get("baseline")),
                                verbose=verbose)
         except optuna.TrialPruned as stop:  # stuck: the replay cannot reach the trial's value
             raise ReplayMismatch(f"replaying trial {best.number} of {study.study_name!r} (seed "

@@ -25,13 +25,14 @@ def judge_best(spec, problem, study: optuna.Study, tracking_uri: str | None,
     study: the best trial's model, or its refit when the refit beat it on validation (`refit`,
     from `search.refit`). None when the data has no test split or the pick kept no model (a
     study older than kept models)."""
-    from search import kept  # (search.tracking reads this module's attrs: no import cycle)
+    # (search.tracking reads this module's attrs: these import it, so they come here)
+    from search import kept
+    from search.finalists import champion_trial
 
     if not hasattr(problem, "test_dataset") or "x_test" not in problem.data.extra:
         return None
-    try:
-        best = study.best_trial
-    except ValueError:  # no completed trial
+    best = champion_trial(study)
+    if best is None:  # no completed trial
         return None
     refit = refit or study.user_attrs.get(REFIT_ATTR)  # an earlier run's, as export reads it
     model_id = kept.champion_id(study, refit)

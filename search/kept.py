@@ -48,14 +48,13 @@ class Keeper:
     image_size: int  # the images' side (a transfer head's input is features, not images)
 
     def metadata(self, config: Mapping[str, Any]) -> dict[str, Any]:
-        """What `medtune export` needs beside the weights: the image predictor's settings."""
-        # (imported here: defining the predictor makes MLflow warn, which no filter stops)
-        from search.predictor import preprocessing
-
+        """What `medtune export` needs beside the weights: the settings the image predictor
+        (`search.predictor`, its `preprocessing.json`) reads."""
         data = self.problem.data
-        kind = "segmentation" if data.layout == "pairs" else "classification"
-        return {"medtune": preprocessing(self.spec.name, kind, self.image_size,
-                                         data.class_names, config.get("loss", ""))}
+        return {"medtune": {
+            "task": self.spec.name, "image_size": self.image_size,
+            "kind": "segmentation" if data.layout == "pairs" else "classification",
+            "class_names": data.class_names, "loss": config.get("loss", "")}}
 
     def keep(self, run: TrialRun, study_name: str, result, kind: str) -> str:
         """Log `result`'s model (a trial's or a refit's best epoch) as a kept model of `run`;
@@ -91,11 +90,13 @@ class Keeper:
 
 
 def champion_id(study: optuna.Study, refit: Mapping[str, Any] | None = None) -> str | None:
-    """The id of the study's champion model: its refit's when the refit beat the best trial,
-    else the best trial's; None without a completed trial or a kept model."""
-    try:
-        best = study.best_trial
-    except ValueError:
+    """The id of the study's champion model: its refit's when the refit beat the champion
+    trial (the best, or the re-checked finalists' best), else that trial's; None without a
+    completed trial or a kept model."""
+    from search.finalists import champion_trial  # (it builds on this module)
+
+    best = champion_trial(study)
+    if best is None:
         return None
     if refit and refit["trial"] == best.number and refit["champion"] and refit.get("model_id"):
         return refit["model_id"]

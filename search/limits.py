@@ -5,6 +5,8 @@ Each is an Optuna callback (called after every trial of this worker) that stops 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import optuna
 
 # What `n_trials` counts: trials that gave the search an answer. A failed trial does not count:
@@ -13,18 +15,23 @@ COUNTED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 
 
 def epochs_spent(study: optuna.Study) -> int:
-    """Epochs trained by all of the study's trials (a pruned trial counts those it ran)."""
-    return sum(t.user_attrs.get("epochs_run", 0) for t in study.get_trials(deepcopy=False))
+    """Epochs trained by all of the study's trials (a pruned trial counts those it ran) and
+    by the re-check of its finalists (`search.finalists`)."""
+    finalists = study.user_attrs.get("medtune_finalists") or {}
+    return (sum(t.user_attrs.get("epochs_run", 0) for t in study.get_trials(deepcopy=False))
+            + finalists.get("epochs", 0))
 
 
 class EpochBudget:
-    """Stops the study once its trials have trained `budget` epochs in all (None: no limit)."""
+    """Stops the study once its trials have trained `budget` epochs in all (None: no limit),
+    less what `reserve` keeps for the study's end (the finalists' re-runs)."""
 
-    def __init__(self, budget: int | None):
+    def __init__(self, budget: int | None, reserve: Callable[[optuna.Study], int] | None = None):
         self.budget = budget
+        self.reserve = reserve or (lambda study: 0)
 
     def spent(self, study: optuna.Study) -> bool:
-        return bool(self.budget) and epochs_spent(study) >= self.budget
+        return bool(self.budget) and epochs_spent(study) + self.reserve(study) >= self.budget
 
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         if self.spent(study):
@@ -51,3 +58,18 @@ class FailureCount:
             self.count += 1
             if self.stopped:
                 study.stop()
+
+
+def stop_reason(study: optuna.Study, *, n_trials: int, epoch_budget: int | None,
+                timeout: float | None, seconds: float, engine: str) -> str:
+    """Why a study's run ended, for its summary (an interrupted one says so where it stops)."""
+    if counted_trials(study) >= n_trials:
+        return f"n_trials reached ({n_trials} complete or pruned)"
+    if EpochBudget(epoch_budget).spent(study):
+        return f"its epoch budget is spent ({epochs_spent(study)} of {epoch_budget} epochs)"
+    if timeout and seconds >= timeout:
+        return (f"the timeout ({timeout:g} s) passed: no trial starts after it; run the same "
+                "command again to go on")
+    if engine == "keras-tuner":
+        return "Keras Tuner's Hyperband ran all its brackets"
+    return "its trials kept failing (see above)"

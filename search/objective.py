@@ -52,7 +52,8 @@ def make_objective(
                 spec, problem, params, run, epochs=epochs, seed=trial_seed,
                 restore=checkpoint.restore if resume else None, checkpoint=checkpoint,
                 pruning=KerasPruningCallback(trial, spec.objective),
-                is_best=lambda value: improves(trial.study, value), verbose=verbose,
+                is_best=lambda value: improves(trial.study, value),
+                baseline=bool(trial.user_attrs.get("baseline")), verbose=verbose,
             )
             # Among the study's best? Its model is kept in MLflow (the test split, the refit
             # and export load it from there).

@@ -9,6 +9,7 @@ from typing import Any
 from optuna.study import MaxTrialsCallback
 
 from search.engines import StudyRun
+from search.finalists import reserve
 from search.limits import COUNTED, EpochBudget, FailureCount, counted_trials
 from search.objective import make_objective
 from search.spec import StudySpec
@@ -38,7 +39,10 @@ def search(job: StudyRun) -> None:
                                storage=settings.storage, verbose=job.verbose)
     deadline = time.monotonic() + settings.timeout if settings.timeout else None
     failures = FailureCount(max(1, settings.n_trials - counted_trials(study)))
-    budget = EpochBudget(settings.epoch_budget)
+    # A budgeted study keeps room for its finalists' re-runs.
+    budget = EpochBudget(settings.epoch_budget, lambda study: reserve(
+        study, settings.finalists, job.spec.selection["reseeds"], settings.epochs)
+        if settings.finalists else 0)
     guard = [job.guard] if job.guard else []
     try:
         with frozen_heap():

@@ -36,13 +36,6 @@ from models.losses import predicted_classes
 PREPROCESSING_FILE = "preprocessing.json"
 
 
-def preprocessing(task: str, kind: str, image_size: int, class_names: list[str],
-                  loss: str) -> dict[str, Any]:
-    """What the predictor needs to know of its task, stored beside the Keras model."""
-    return {"task": task, "kind": kind, "image_size": image_size, "class_names": class_names,
-            "loss": loss}
-
-
 def gray_images(model_input: Any, size: int) -> np.ndarray:
     """Any accepted input -> (N, size, size) uint8, decoded and resized as in training."""
     if isinstance(model_input, (str, Path)):

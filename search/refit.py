@@ -16,6 +16,7 @@ from typing import Any
 import keras
 import optuna
 
+from search.finalists import champion_trial
 from search.holdout import REFIT_ATTR
 from search.kept import MODEL_ATTR, Keeper, load
 from search.spec import StudySpec
@@ -26,11 +27,10 @@ from search.trial import fixed_params, run_trial
 
 def refit_best(spec: StudySpec, keeper: Keeper, study: optuna.Study, tracker: StudyTracker,
                epochs: int, *, verbose: bool = True) -> dict[str, Any] | None:
-    """Continue the best trial to `epochs`; None when there is nothing to continue (no
+    """Continue the champion trial to `epochs`; None when there is nothing to continue (no
     completed trial, no kept model, or it already trained that long)."""
-    try:
-        best = study.best_trial
-    except ValueError:
+    best = champion_trial(study)  # the best trial, or the re-checked finalists' champion
+    if best is None:
         return None
     done = study.user_attrs.get(REFIT_ATTR)
     if done and done["trial"] == best.number and done["epochs"] == epochs:

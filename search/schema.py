@@ -56,6 +56,9 @@ BUDGET = Table({"image_size": int, "epochs": int, "n_trials": int, "timeout": NU
                required=(("image_size", "epochs", "n_trials"),))
 TRAINING = {"early_stopping_patience": int, "stuck_after_epochs": int,
             "diverged_loss_factor": NUMBER, "precision": str}
+# Settings added since studies began recording their study file: a study recorded before them
+# replays as it ran, without them (`search.stopping` reads them with a default of 0: off).
+NEWER_TRAINING = {"collapsed_epochs": int, "baseline_stuck_after_epochs": int}
 # Each embedded synthetic set takes its generator's own settings (counts, size, seed), all ints.
 SYNTHETIC = {name: synthetic.setting_names(name) for name in synthetic.GENERATORS}
 RECOVERY_KEYS = ("heartbeat_interval", "grace_period", "retries", "checkpoint_every_s",
@@ -77,10 +80,11 @@ STUDY = Table(
         "budget": Table(named=BUDGET),
         "sampler": OptunaOptions(SAMPLERS, "tpe", {"seed": "the seed comes from --seed"}),
         "pruner": OptunaOptions(PRUNERS, "median"),
-        "training": Table(TRAINING, required=(tuple(TRAINING),)),
+        "training": Table(TRAINING | NEWER_TRAINING, required=(tuple(TRAINING),)),
         "recovery": Table(dict.fromkeys(RECOVERY_KEYS, NUMBER), required=(RECOVERY_KEYS,)),
         "gradcam": Table({"trials": str, "images": int}, required=(("trials", "images"),)),
-        "selection": Table({"top_k": int}, required=(("top_k",),)),
+        "selection": Table({"top_k": int, "finalists": int, "reseeds": int},
+                           required=(("top_k", "finalists", "reseeds"),)),
         "export": Table({"tolerance": NUMBER}, required=(("tolerance",),)),
         "artifacts": Table({"overlay_images": int, "mask_threshold": NUMBER},
                            required=(("overlay_images", "mask_threshold"),)),

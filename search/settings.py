@@ -28,6 +28,7 @@ class TuneSettings:
     engine: str = DEFAULT_ENGINE  # a name in `search.engines.ENGINES`
     epoch_budget: int | None = None  # stop once the study's trials have trained this many epochs
     refit_epochs: int = 0  # when the study ends, continue its best trial to this many epochs
+    finalists: int = 0  # when the study ends, re-check its best this many (`search.finalists`)
 
 
 def resolve_settings(
@@ -46,6 +47,7 @@ def resolve_settings(
     engine: str = DEFAULT_ENGINE,
     epoch_budget: int | None = None,
     refit_epochs: int = 0,
+    finalists: int | None = None,  # None: the study file's [selection] finalists
 ) -> TuneSettings:
     if budget not in spec.budget:
         raise ValueError(f"unknown budget {budget!r}; choose one of: {', '.join(spec.budget)}")
@@ -67,6 +69,7 @@ def resolve_settings(
         engine=engine,
         epoch_budget=epoch_budget or None,
         refit_epochs=refit_epochs or 0,
+        finalists=spec.selection["finalists"] if finalists is None else finalists,
     )
     for name in ("n_trials", "epochs", "image_size"):
         if getattr(settings, name) < 1:
@@ -74,6 +77,8 @@ def resolve_settings(
     if settings.image_size < 32 and spec.model in ("alexnet", "vgg16"):
         raise ValueError(f"image_size {settings.image_size} is too small for {spec.model}: "
                          "its pooling needs at least 32 pixels")
+    if settings.finalists < 0:
+        raise ValueError(f"finalists must be >= 0 (0: none), got {settings.finalists}")
     if settings.refit_epochs < 0:
         raise ValueError(f"refit_epochs must be >= 0 (0: no refit), got {settings.refit_epochs}")
     if settings.timeout is not None and settings.timeout < 0:

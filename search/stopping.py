@@ -8,6 +8,12 @@
   rate too small to move). A slow starter whose scores already rank the classes and whose loss
   falls is left to learn. The
   trial ends pruned with `stopped_because`, and its epochs go to other trials.
+- collapsed: after the warm-up, at every epoch, its predictions have been constant for the
+  last `collapsed_epochs` epochs (validation AUC within 0.02 of 0.5 and the objective at
+  chance), whatever its first epochs did: a learning rate that moved the network at first and
+  then killed it. Pruned the same way, `stopped_because` saying `collapsed`.
+- a lab baseline (the study's bar) is left alone by both until `baseline_stuck_after_epochs`:
+  the labs' recipes sit at chance for their first epochs, then learn.
 - diverged: its training loss grew past `diverged_loss_factor` times the first epoch's while
   staying finite (a learning rate of 1e3 gives losses of 1e29 and predictions at chance). The
   trial fails with the reason, as a NaN loss does.
@@ -35,10 +41,15 @@ class Stuck(optuna.TrialPruned):
 
 
 class StuckOrDiverged(keras.callbacks.Callback):
-    def __init__(self, monitor: str, chance: float | None, settings: Mapping):
+    def __init__(self, monitor: str, chance: float | None, settings: Mapping,
+                 baseline: bool = False):
         super().__init__()
         self.monitor, self.chance = monitor, chance
         self.warmup = settings["stuck_after_epochs"]
+        if baseline and self.warmup:  # the bar gets the epochs the labs' recipes need
+            self.warmup = max(self.warmup, settings.get("baseline_stuck_after_epochs", 0))
+        # (studies recorded before these settings replay without them: 0, off)
+        self.window = settings.get("collapsed_epochs", 0)
         self.factor = settings["diverged_loss_factor"]
         self.values: list[float] = []
         self.losses: list[float] = []
@@ -60,8 +71,25 @@ class StuckOrDiverged(keras.callbacks.Callback):
                 "(try a lower learning rate)")
         if self.warmup and len(self.values) == self.warmup:
             self.reason = self._stuck(epoch + 1)
-            if self.reason:
-                self.model.stop_training = True
+        if not self.reason and self.window and len(self.values) >= max(self.warmup,
+                                                                         self.window):
+            self.reason = self._collapsed(epoch + 1)
+        if self.reason:
+            self.model.stop_training = True
+
+    def _collapsed(self, epochs: int) -> str | None:
+        """Constant predictions for the last `window` epochs: AUC at 0.5, objective at chance."""
+        values, aucs = self.values[-self.window:], self.aucs[-self.window:]
+        if self.chance is None or len(aucs) < self.window:
+            return None  # no AUC (a U-Net): nothing says the predictions are constant
+        if max(abs(a - 0.5) for a in aucs) > NO_SIGNAL_AUC:
+            return None
+        if max(values) > self.chance + NOISE_ABOVE_CHANCE:
+            return None
+        return (f"collapsed: {self.monitor} {values[-1]:.4f} and validation AUC "
+                f"{aucs[-1]:.3f} over epochs {epochs - self.window + 1}-{epochs}: the "
+                f"predictions have been constant for {self.window} epochs (chance "
+                f"{self.chance:.4f}); try a lower learning rate")
 
     def _stuck(self, epochs: int) -> str | None:
         best = max(self.values)

@@ -11,6 +11,7 @@ from models.transfer import FeatureBase, imagenet_base, trained_base
 from search import holdout
 from search.engines import DEFAULT as DEFAULT_ENGINE
 from search.engines import StudyRun, get_engine
+from search.finalists import recheck
 from search.kept import Keeper
 from search.manifest import manifest
 from search.problems import Classification, Segmentation, make_problem
@@ -222,6 +223,9 @@ def run_study(
                                verbose, show_progress_bar))
         if guard is not None and guard.exceeded:
             return study, tracker  # restarting with fresh memory: the study goes on
+        if settings.finalists:  # the best few trained again: the champion holds up
+            recheck(spec, keeper, study, tracker, finalists=settings.finalists,
+                    epochs=settings.epochs, verbose=verbose)
         refit = None
         if settings.refit_epochs:
             refit = refit_best(spec, keeper, study, tracker, settings.refit_epochs,

@@ -440,8 +440,15 @@ class StudyTracker:
         }
         tags: dict[str, str] = {}
         if metrics["n_complete"]:
-            best = study.best_trial
+            from search.finalists import FINALISTS_ATTR, champion_trial  # (it builds on this)
+
+            best = champion_trial(study)  # the best trial, or the re-checked finalists' pick
             metrics["best_value"] = best.value
+            if recheck := study.user_attrs.get(FINALISTS_ATTR):
+                self._log_recheck(study, recheck)
+                mine = recheck["results"][str(best.number)]
+                metrics |= {"recheck_mean": mine["mean"], "recheck_sd": mine["sd"],
+                            "recheck_runs": mine["n"]}
             tags = {"best_trial": str(best.number),
                     "best_run_id": best.user_attrs.get("mlflow_run_id", "")}
             tags |= {f"best.{k}": str(v) for k, v in best.params.items()}
@@ -471,6 +478,22 @@ class StudyTracker:
         for name, figure in plots.study_figures(study).items():
             self.client.log_figure(self.parent_run_id, figure, f"study_plots/{name}.png")
             plt.close(figure)
+
+    def _log_recheck(self, study: optuna.Study, recheck: Mapping[str, Any]) -> None:
+        """Each finalist's mean ± SD on its trial's run (the runs table's `trial.*` columns),
+        and the plot of first values against means."""
+        trials = study.get_trials(deepcopy=False)
+        stamp = _now_ms()
+        for number, result in recheck["results"].items():
+            run_id = trials[int(number)].user_attrs.get("mlflow_run_id")
+            if run_id:
+                self.client.log_batch(run_id, metrics=[
+                    Metric("trial.recheck_mean", result["mean"], stamp, 0),
+                    Metric("trial.recheck_sd", result["sd"], stamp, 0),
+                    Metric("trial.recheck_runs", result["n"], stamp, 0)])
+        figure = plots.finalists(recheck, study.user_attrs.get("medtune_objective", "value"))
+        self.client.log_figure(self.parent_run_id, figure, "study_plots/finalists.png")
+        plt.close(figure)
 
     def log_dict(self, value: dict, path: str) -> None:
         self.client.log_dict(self.parent_run_id, value, path)

@@ -107,6 +107,7 @@ def run_trial(
     checkpoint: Checkpoint | None = None,
     pruning: keras.callbacks.Callback | None = None,
     is_best: Callable[[float], bool] = lambda value: True,
+    baseline: bool = False,
     verbose: bool = True,
 ) -> TrialResult:
     """Train `params` for up to `epochs` epochs and return the best epoch's value and model.
@@ -114,6 +115,7 @@ def run_trial(
     Raises `Stuck` (an Optuna TrialPruned) when the trial is stuck at chance, the pruner's
     TrialPruned when `pruning` stops it, and `TrialFailed` when its loss diverged or became NaN.
     `restore` continues earlier training; `checkpoint` saves epochs for a retry to resume.
+    `baseline`: a lab recipe, which the stuck stop leaves alone longer (`search.stopping`).
     """
     config = problem.config(params)
     history = TrialHistory(subscribers=[run])
@@ -126,7 +128,7 @@ def run_trial(
         history.resume(earlier.epochs, earlier.history)
     monitor = spec.objective
     watch = StuckOrDiverged(monitor, problem.chance().get(monitor.removeprefix("val_")),
-                            spec.training)
+                            spec.training, baseline)
     lines = [EpochLines(run.name, epochs)] if verbose else []
     saver = [checkpoint.callback(history.values, monitor)] if checkpoint else []
     val = fit(spec, problem, model, config, epochs=epochs, earlier=earlier, seed=seed,

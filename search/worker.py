@@ -131,6 +131,11 @@ def restart(argv: list[str]) -> None:
     os.execv(sys.executable, [sys.executable, "-m", "search.cli", *argv])
 
 
+def seconds_since_start() -> float:
+    """Wall time since this command started, across the worker's restarts."""
+    return time.time() - float(os.environ.get(STARTED_ENV, PROCESS_STARTED))
+
+
 def timeout_left(timeout: float | None) -> float | None:
     """A restarted worker keeps its first start's deadline."""
     if not timeout or STARTED_ENV not in os.environ:

@@ -81,10 +81,12 @@ def test_each_worker_sees_only_its_gpu():
     assert "CUDA_VISIBLE_DEVICES" not in cpu and cpu[cli.WORKER_ENV] == "0"
 
 
-def test_workers_run_the_command_without_workers_and_gpus():
+def test_workers_run_the_command_without_workers_gpus_and_the_studys_end():
     argv = ["tune", "--task", "vgg_skin", "--workers", "auto", "--gpus", "0,2", "--seed", "1",
-            "--workers=3", "--gpus="]
-    assert cli._worker_argv(argv) == ["tune", "--task", "vgg_skin", "--seed", "1"]
+            "--workers=3", "--gpus=", "--finalists", "3", "--refit-epochs=9"]
+    # The finalists and the refit run once, in the command's own process, after the workers.
+    assert cli._worker_argv(argv) == ["tune", "--task", "vgg_skin", "--seed", "1",
+                                      "--finalists", "0"]
 
 
 def test_plan_gpus_resolves_auto_and_restricts_a_single_worker(monkeypatch):

@@ -104,3 +104,73 @@ def test_a_stuck_trial_ends_pruned_with_the_reason_in_mlflow(workdir, tiny_skin)
     assert child.data.tags["stopped_because"].startswith("stuck: ")
     assert child.data.tags["trial.state"] == "stuck"
     assert child.data.tags["medtune.device"] == "CPU"  # this machine has no GPU
+
+
+COLLAPSE = {**SETTINGS, "collapsed_epochs": 3, "baseline_stuck_after_epochs": 12}
+
+
+def test_predictions_constant_for_the_window_collapse_whatever_the_first_epochs_did():
+    """It moved at first (AUC 0.6, a falling loss: the stuck check lets it go on), then its
+    predictions went constant: collapsed once the last 3 epochs are all at chance."""
+    watch = feed(StuckOrDiverged("val_accuracy", 0.5, COLLAPSE),
+                 [(9.0, 0.5, 0.6), (0.72, 0.5, 0.5), (0.70, 0.5, 0.5)])
+    assert watch.reason is None  # the stuck check at epoch 3 saw a slow starter
+    feed(watch, [(0.69, 0.51, 0.49)])
+    assert watch.reason == ("collapsed: val_accuracy 0.5100 and validation AUC 0.490 over "
+                            "epochs 2-4: the predictions have been constant for 3 epochs "
+                            "(chance 0.5000); try a lower learning rate")
+    assert watch.model.stop_training
+
+
+def test_a_trial_that_leaves_chance_within_the_window_does_not_collapse():
+    watch = feed(StuckOrDiverged("val_accuracy", 0.5, COLLAPSE),
+                 [(0.7, 0.5, 0.6), (0.69, 0.5, 0.5), (0.68, 0.5, 0.5), (0.6, 0.5, 0.6),
+                  (0.5, 0.7, 0.8), (0.4, 0.8, 0.9)])
+    assert watch.reason is None
+
+
+def test_a_segmenter_without_auc_never_collapses_and_an_older_record_has_no_window():
+    unet = feed(StuckOrDiverged("val_accuracy", 0.5, COLLAPSE), [(0.7, 0.5, None)] * 2
+                + [(0.6, 0.5, None)] * 4)
+    assert unet.reason is None
+    older = feed(StuckOrDiverged("val_accuracy", 0.5, SETTINGS),  # recorded before the setting
+                 [(9.0, 0.5, 0.6), (0.5, 0.5, 0.5), (0.4, 0.5, 0.5), (0.3, 0.5, 0.5)] * 2)
+    assert older.reason is None
+
+
+def test_a_lab_baseline_is_left_to_leave_chance_until_its_own_epoch():
+    """The lab's recipe sits at chance with a flat loss for its first epochs (real knee X-rays):
+    a searched trial like it is stuck at epoch 3, the baseline only at epoch 12."""
+    flat = [(0.6931, 0.5, 0.5)] * 11
+    searched = feed(StuckOrDiverged("val_accuracy", 0.5, COLLAPSE), flat[:3])
+    assert searched.reason.startswith("stuck: val_accuracy 0.5000 after 3 epochs")
+    baseline = feed(StuckOrDiverged("val_accuracy", 0.5, COLLAPSE, baseline=True), flat)
+    assert baseline.reason is None
+    feed(baseline, [(0.6931, 0.5, 0.5)])
+    assert baseline.reason.startswith("stuck: val_accuracy 0.5000 after 12 epochs")
+    learns = feed(StuckOrDiverged("val_accuracy", 0.5, COLLAPSE, baseline=True),
+                  flat[:10] + [(0.6, 0.7, 0.8)] * 3)
+    assert learns.reason is None
+
+
+def test_a_learning_rate_that_kills_the_network_ends_collapsed(workdir):
+    """A real collapse: LeNet under Adam at 0.05 moves in its first epoch (AUC above 0.5, the
+    loss falling from a large start), so the stuck check at epoch 3 lets it go on; then its
+    predictions are constant, and it is pruned as collapsed, well before its 12 epochs."""
+    from datasets import synthetic
+
+    synthetic.write_skin(workdir / "course", n_train=96, n_val=48, size=32, seed=1)
+    task = workdir / "collapse.toml"
+    task.write_text(
+        'description = "LeNet at a learning rate that kills it"\nmodel = "lenet"\n'
+        'data = "skin"\n[space]\nlearning_rate = { choices = [0.05] }\n'
+        'base = { choices = [16] }\nbatch_size = { choices = [8] }\n'
+        'optimizer = { choices = ["adam"] }\n[pruner]\ntype = "none"\n[start]\nnote = ""\n')
+    assert tune(workdir, "--task", str(task), "--n-trials", "1", "--epochs", "12",
+                "--data-dir", str(workdir / "course")) == 0
+    (trial,) = finished(workdir, "collapse")
+    assert trial.state == TS.PRUNED
+    assert trial.user_attrs["stopped_because"].startswith("collapsed: val_accuracy")
+    assert 3 < trial.user_attrs["epochs_run"] < 12
+    _, _, (child,) = runs(workdir)
+    assert child.data.tags["stopped_because"].startswith("collapsed: ")

@@ -1,0 +1,80 @@
+"""Finalists: a study's best configurations trained again with other seeds before a champion
+is named; the champion (best mean) is what the summary, the study run, compare, the test split
+and export take."""
+
+import shutil
+
+import optuna
+import pytest
+from conftest import TS, runs, tune
+
+from search.cli import main
+from search.limits import epochs_spent
+
+
+def test_the_finalists_are_retrained_and_the_best_mean_is_champion(workdir, tiny_skin, capsys):
+    skin = tiny_skin / "Lab2" / "Skin"
+    shutil.copytree(skin / "validation", skin / "test")  # test = validation: the scores agree
+    assert tune(workdir, "--task", "lenet_skin", "--n-trials", "3", "--finalists", "2",
+                "--data-dir", str(tiny_skin)) == 0
+    out = capsys.readouterr().out
+    study = optuna.load_study(study_name="lenet_skin", storage=f"sqlite:///{workdir}/optuna.db")
+    record = study.user_attrs["medtune_finalists"]
+    done = sorted(study.get_trials(states=(TS.COMPLETE,)), key=lambda t: (-t.value, t.number))
+    assert record["trials"] == [t.number for t in done[:2]] and record["reseeds"] == 2
+    for trial in done[:2]:
+        result = record["results"][str(trial.number)]
+        assert result["n"] == 3 and result["values"][0] == trial.value
+        assert result["mean"] == pytest.approx(sum(result["values"]) / 3)
+    champion = max(record["trials"], key=lambda n: record["results"][str(n)]["mean"])
+    assert record["champion"] == champion
+    assert "finalists, each trained 2 more times with other seeds" in out
+    assert f"champion: #{champion}  val_accuracy" in out
+
+    # Each re-run is a child run of the study, with its curves; the trial's run has the mean.
+    client, parents, children = runs(workdir)
+    (parent,) = [p for p in parents if p.data.tags.get("medtune.kind") == "study"]
+    reruns = [c for c in children if c.data.tags["medtune.kind"] == "finalist"]
+    assert sorted(r.info.run_name for r in reruns) == sorted(
+        f"lenet_skin-t{n:04d}-r{k}" for n in record["trials"] for k in (1, 2))
+    assert all(client.get_metric_history(r.info.run_id, "val_accuracy") for r in reruns)
+    mine = record["results"][str(champion)]
+    assert parent.data.tags["best_trial"] == str(champion)
+    assert parent.data.metrics["recheck_mean"] == pytest.approx(mine["mean"])
+    assert parent.data.metrics["recheck_runs"] == 3
+    (trial_run,) = [c for c in children if c.info.run_name == f"lenet_skin-t{champion:04d}"]
+    assert trial_run.data.metrics["trial.recheck_sd"] == pytest.approx(mine["sd"])
+    assert "study_plots/finalists.png" in {
+        a.path for a in client.list_artifacts(parent.info.run_id, "study_plots")}
+    # The test split judges the champion's own model, and export registers it.
+    test = study.user_attrs["medtune_test"]
+    assert test["trial"] == champion
+    assert test["test_accuracy"] == pytest.approx(study.trials[champion].value, abs=1e-6)
+    assert epochs_spent(study) == sum(t.user_attrs["epochs_run"] for t in study.trials
+                                      if "epochs_run" in t.user_attrs) + record["epochs"]
+    assert main(["export", "--study", "lenet_skin", "--storage", f"sqlite:///{workdir}/optuna.db",
+                 "--tracking-uri", f"sqlite:///{workdir}/mlflow.db"]) == 0
+    (exported,) = [r for r in runs(workdir)[1] if r.data.tags.get("medtune.kind") == "export"]
+    assert exported.data.tags["medtune.exported_trial"] == str(champion)
+    # Compare shows the mean ± SD and the runs behind it.
+    assert main(["compare", "--studies", "lenet_skin", "--storage",
+                 f"sqlite:///{workdir}/optuna.db",
+                 "--tracking-uri", f"sqlite:///{workdir}/mlflow.db"]) == 0
+    assert f"{mine['mean']:.4f} ± {mine['sd']:.4f} (3)" in capsys.readouterr().out
+
+    # The same command again: the finalists are the same, so nothing is retrained.
+    assert tune(workdir, "--task", "lenet_skin", "--n-trials", "3", "--finalists", "2",
+                "--data-dir", str(tiny_skin)) == 0
+    assert len([c for c in runs(workdir)[2] if c.data.tags["medtune.kind"] == "finalist"]) == 4
+
+
+def test_an_epoch_budget_keeps_room_for_the_finalists(workdir, tiny_skin):
+    """2-epoch trials, one finalist re-run twice: the search stops 4 epochs early, so the
+    study with its re-runs stays within its 10 epochs (plus the one trial in flight)."""
+    assert tune(workdir, "--task", "lenet_skin", "--n-trials", "20", "--epoch-budget", "10",
+                "--finalists", "1", "--data-dir", str(tiny_skin)) == 0
+    study = optuna.load_study(study_name="lenet_skin", storage=f"sqlite:///{workdir}/optuna.db")
+    record = study.user_attrs["medtune_finalists"]
+    searched = epochs_spent(study) - record["epochs"]
+    assert record["epochs"] > 0 and searched <= 10 - record["epochs"] + 2
+    assert epochs_spent(study) <= 10 + 2
