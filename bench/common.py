@@ -37,6 +37,7 @@ BENCHMARKS = {
     "growth": "5. How cost grows over a long study",
     "throughput": "6. Throughput: images per second, a medtune trial against plain keras.fit",
     "kept_models": "7. Kept models: export without retraining, and the storage a study keeps",
+    "shifted": "8. Shifted images: a study's champion on contrast, brightness and border shifts",
 }
 # A benchmark whose module is not named after its key (`python -m bench.<module>`).
 MODULES = {"search": "search_efficiency"}

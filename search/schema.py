@@ -64,6 +64,10 @@ SYNTHETIC = {name: synthetic.setting_names(name) for name in synthetic.GENERATOR
 RECOVERY_KEYS = ("heartbeat_interval", "grace_period", "retries", "checkpoint_every_s",
                  "restart_after_growth_mb")
 
+# What `_defaults.toml` may set for one kind of task alone (`[segmentation]`): its budgets,
+# pruner, training and selection, between the shared defaults and the task's own file.
+KIND_TABLES = ("budget", "pruner", "training", "selection")
+
 STUDY = Table(
     {
         "description": str,
@@ -97,6 +101,7 @@ STUDY = Table(
     required=(("model", "data", "objective", "space", "budget", "sampler", "pruner", "training",
                "recovery", "export", "artifacts", "split", "synthetic"),),
 )
+STUDY.keys["segmentation"] = Table({k: STUDY.keys[k] for k in KIND_TABLES})
 
 
 def check_keys(raw: Mapping[str, Any], schema: Table = STUDY) -> None:

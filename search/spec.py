@@ -88,7 +88,13 @@ def spec_from_record(record: dict[str, str]) -> StudySpec:
 
 def _spec(name: str, text: str, defaults_text: str, where: str) -> StudySpec:
     own = parse_study(text, where)
-    raw = _merge(parse_study(defaults_text, f"study defaults {DEFAULTS}"), own)
+    defaults = parse_study(defaults_text, f"study defaults {DEFAULTS}")
+    # A segmentation task's own defaults (`[segmentation]`: a U-Net's dice means something only
+    # after more epochs than a classifier's accuracy) come between the shared ones and its file.
+    kind_defaults = defaults.pop("segmentation", {})
+    if own.get("data") in catalog.MASK_SETS:
+        defaults = _merge(defaults, kind_defaults)
+    raw = _merge(defaults, own)
     try:
         schema.check_complete(raw)
         return _build(name, raw, text, defaults_text)

@@ -20,6 +20,7 @@ from bench import (  # noqa: E402
     kept_models,
     overhead,
     run_all,
+    shifted,
     startup,
     throughput,
 )
@@ -138,6 +139,14 @@ def test_kept_models_smoke(out, monkeypatch):
         assert 0 < float(row["keep_share_median"]) < 1
     assert "Export of the kept champion:" in section(out, "kept_models")
     assert not list(out.glob("work/kept-models-*"))  # the working copy is removed
+
+
+def test_shifted_smoke(out, monkeypatch):
+    client = smoke(shifted, out, monkeypatch)
+    _, rows = table(client, "shifted", "shifted", out)
+    assert [r["images"] for r in rows] == list(shifted.shifts())
+    assert all(0 <= float(r["dice"]) <= 1 for r in rows)
+    assert "largest drop in dice" in section(out, "shifted")
 
 
 def test_growth_smoke(out, monkeypatch):
