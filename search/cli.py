@@ -185,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _tune(args: argparse.Namespace, spec, argv: list[str]) -> int:
     from search import worker
+    from search.finalists import FINALISTS_ATTR, reserve
     from search.limits import stop_reason
     from search.settings import resolve_settings
     from search.study import run_study
@@ -197,6 +198,8 @@ def _tune(args: argparse.Namespace, spec, argv: list[str]) -> int:
         epoch_budget=args.epoch_budget, refit_epochs=args.refit_epochs,
         finalists=args.finalists,
     )
+    if WORKER_ENV in os.environ:  # one of several workers: the command that started it ends
+        settings = dataclasses.replace(settings, study_end=False)
     gpus = _plan_gpus(args)
     print(
         f"medtune: {spec.name} ({spec.description})\n"
@@ -231,8 +234,11 @@ def _tune(args: argparse.Namespace, spec, argv: list[str]) -> int:
                   "(the study continues where it is)", flush=True)
             return worker.RESTART
     seconds = worker.seconds_since_start()
+    recheck = study.user_attrs.get(FINALISTS_ATTR)  # its epochs were kept from the search
+    room = (lambda s: reserve(s, len(recheck["trials"]), recheck["runs"], settings.epochs)
+            ) if recheck else None
     why = stop_reason(study, n_trials=settings.n_trials, epoch_budget=settings.epoch_budget,
-                      timeout=timeout, seconds=seconds, engine=settings.engine)
+                      timeout=timeout, seconds=seconds, engine=settings.engine, room=room)
     _print_summary(study, tracker, spec.objective, settings.n_trials, seconds, why)
     if failed:
         print(f"medtune: error: {failed} of {args.workers} workers failed (see their output "
@@ -271,12 +277,13 @@ def _worker_envs(gpus: list[str | None], base: dict[str, str]) -> list[dict[str,
 
 
 def _worker_argv(argv: list[str]) -> list[str]:
-    """This command without --workers, --gpus, --refit-epochs and --finalists: what each worker
-    runs (the finalists and the refit run once, in this process, when the workers are done)."""
-    flags = ("--workers", "--gpus", "--refit-epochs", "--finalists")
+    """This command without --workers, --gpus and --refit-epochs: what each worker runs (the
+    refit, like the finalists' re-check, runs once, in this process, when the workers are
+    done)."""
+    flags = ("--workers", "--gpus", "--refit-epochs")
     return [a for i, a in enumerate(argv)
             if a not in flags and (i == 0 or argv[i - 1] not in flags)
-            and not a.startswith(tuple(f"{f}=" for f in flags))] + ["--finalists", "0"]
+            and not a.startswith(tuple(f"{f}=" for f in flags))]
 
 
 def _run_workers(gpus: list[str | None], argv: list[str]) -> int:
@@ -321,7 +328,7 @@ def _export(args: argparse.Namespace) -> int:
                        tracking_uri=args.tracking_uri, experiment=args.experiment)
     model = done.registered
     source = (f"trial {done.trial}'s refit" if done.champion == "refit"
-              else f"trial {done.trial}") + f" ({done.recorded:.4f} on validation)"
+              else f"trial {done.trial}") + f" ({done.value:.4f} on validation)"
     if done.model_id:
         print(f"\nthe study's champion: {source}, kept in MLflow as models:/{done.model_id}")
     if done.replayed is not None:

@@ -45,7 +45,8 @@ class ReplayMismatch(ValueError):
 class Export:
     registered: Registered
     trial: int
-    recorded: float
+    recorded: float  # the trial's validation value
+    value: float  # the registered model's validation value (the refit's, when it won)
     champion: str  # "trial" or "refit": which model was registered
     model_id: str | None  # the kept model registered (None: a replay of an older study)
     replayed: float | None = None  # the replay's value, with --replay
@@ -88,8 +89,9 @@ def export_best(
             if STUDY_FILE_ATTR in study.user_attrs
             else load_spec(recorded["task"]))  # a study older than the record: today's file
     tolerance = spec.export["tolerance"] if tolerance is None else tolerance
-    model_id = kept.champion_id(study, study.user_attrs.get(REFIT_ATTR))
+    model_id = kept.champion_id(study)
     champion = "trial" if model_id == best.user_attrs.get(kept.MODEL_ATTR) else "refit"
+    value = study.user_attrs[REFIT_ATTR]["value"] if champion == "refit" else best.value
     replay = replay or model_id is None  # an older study: nothing kept to load
     params = {"study": study_name, "storage": mask_password(storage), "task": spec.name,
               "trial": best.number, "replay": replay, "image_size": recorded["image_size"],
@@ -100,7 +102,8 @@ def export_best(
             "replayed_run_id": best.user_attrs.get("mlflow_run_id", "")}
     with export_run(f"export {study_name}", params, tags, experiment=experiment or spec.name,
                     tracking_uri=tracking_uri) as run:
-        run.log_metrics({"recorded_value": best.value})
+        run.log_metrics({"recorded_value": best.value,
+                         **({"refit_value": value} if champion == "refit" else {})})
         replayed, model, settings = None, None, None
         if replay:
             replayed, model, settings = _replay(spec, study, best, run, tolerance, tracking_uri,
@@ -113,7 +116,7 @@ def export_best(
                 model = base.end_to_end(model)
         registered = register_model(run, model, settings, name or study_name,
                                     served_requirements())
-    return Export(registered, best.number, best.value, champion, model_id, replayed,
+    return Export(registered, best.number, best.value, value, champion, model_id, replayed,
                   tolerance if replay else None)
 
 

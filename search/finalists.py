@@ -1,25 +1,34 @@
-"""Finalists: when a study ends, its best configurations are trained again with other seeds
-before a champion is named, so the pick is not the luckiest draw among many (the winner's curse
-of ranking dozens of configurations on a few hundred validation images).
+"""Finalists: when a study ends, its best configurations are trained again before a champion
+is named, so the pick is not the luckiest draw among many (the winner's curse of ranking dozens
+of configurations on a few hundred validation images).
 
 The study's best `finalists` trials (by validation, at most `top_k`, `[selection]`) are each
-trained `reseeds` more times, seed `trial seed + k * SEED_STRIDE`, as they ran (same params,
-epochs and early stopping, no pruner). Each re-run is a child run of the study (`kind =
-finalist`, named `<study>-t0007-r1`, with its curves). The champion is the finalist with the best
-mean over its runs (the trial's own value and its re-runs'); its kept model (the trial's) is
-what the test split judges, the refit continues and `medtune export` registers. A re-run that
-gets stuck, collapses or diverges counts at chance: the configuration does not hold up.
+trained again as they ran (same params, epochs and early stopping, no pruner), either
+- `reseeds` more times on the same split with other seeds (the trial's own value counts too), or,
+  where the data set is small (training and validation images together at most `small_data`),
+- by `folds`-fold cross-validation over training + validation (stratified by class, split with
+  the study's `[split] seed`): every image is validated on once, so the mean no longer rests on
+  the few hundred images the search ranked on; the trial's own value does not count then.
+Run k is seeded `trial seed + k * SEED_STRIDE`. Each is a child run of the study (`kind =
+finalist`, named `<study>-t0007-r1` or `-f1`, with its curves). The champion is the finalist
+with the best mean; its kept model (the trial's) is what the test split judges, the refit
+continues and `medtune export` registers. A run that gets stuck, collapses or diverges counts at
+chance: the configuration does not hold up.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
+import numpy as np
 import optuna
+from sklearn.model_selection import KFold, StratifiedKFold
 
 from search.kept import Keeper, ranked
+from search.problems import make_problem
 from search.spec import StudySpec
 from search.tracking import StudyTracker, TrialRecord
 from search.training import TrialFailed, fresh_keras_session
@@ -30,71 +39,106 @@ SEED_STRIDE = 100_003  # re-run k of a trial seeded `seed + k * SEED_STRIDE`: no
 
 
 def champion_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
-    """The study's champion: the finalist with the best mean when the study was re-checked,
-    else its best trial; None before any trial completed."""
-    record = study.user_attrs.get(FINALISTS_ATTR)
-    if record and record.get("champion") is not None:
-        return study.get_trials(deepcopy=False)[record["champion"]]
-    try:
-        return study.best_trial
-    except ValueError:
+    """The study's champion: the finalist with the best mean when its best trials were
+    re-checked (while they are still its best: trials since may have passed them), else its
+    best trial (an earlier one winning a tie, as `kept.ranked` keeps models); None before any
+    trial completed."""
+    order = ranked(study)
+    if not order:
         return None
+    record = study.user_attrs.get(FINALISTS_ATTR)
+    current = record and record["trials"] == order[:len(record["trials"])]
+    number = record["champion"] if current else order[0]
+    return next(t for t in study.get_trials(deepcopy=False) if t.number == number)
 
 
-def reserve(study: optuna.Study, finalists: int, reseeds: int, epochs: int) -> int:
-    """Epochs to keep for the re-check: a re-run trains about as long as a completed trial."""
+def room(spec: StudySpec, problem, finalists: int, epochs: int):
+    """What the search keeps for its finalists (a function of the study, for `EpochBudget`)."""
+    n, runs = min(finalists, spec.selection["top_k"]), method(spec, problem)[1]
+    return lambda study: reserve(study, n, runs, epochs) if n else 0
+
+
+def method(spec: StudySpec, problem) -> tuple[str, int]:
+    """How the finalists are re-checked: ("folds", k) on a small data set, else ("reseeds", R)."""
+    selection, data = spec.selection, problem.data
+    if selection["folds"] >= 2 and len(data.y_train) + len(data.y_val) <= selection["small_data"]:
+        return "folds", selection["folds"]
+    return "reseeds", selection["reseeds"]
+
+
+def reserve(study: optuna.Study, finalists: int, runs: int, epochs: int) -> int:
+    """Epochs to keep for the re-check of `finalists` trials (`top_k` at most: pass it so) of
+    `runs` runs each: a re-run trains about as long as a completed trial."""
     done = [t.user_attrs.get("epochs_run", epochs) for t in study.get_trials(
         deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))]
-    return round(finalists * reseeds * (statistics.mean(done) if done else epochs))
+    return round(finalists * runs * (statistics.mean(done) if done else epochs))
+
+
+def folds(spec: StudySpec, problem, k: int) -> Iterator:
+    """The problem `k` times over training + validation, each fold validated on once
+    (stratified by class for a classifier; the split's seed)."""
+    data = problem.data
+    x, y = (np.concatenate([data.x_train, data.x_val]), np.concatenate([data.y_train, data.y_val]))
+    seed = spec.split["seed"]
+    splitter = (KFold(k, shuffle=True, random_state=seed) if data.layout == "pairs"
+                else StratifiedKFold(k, shuffle=True, random_state=seed))
+    for train, val in splitter.split(x, None if data.layout == "pairs" else y):
+        yield make_problem(spec, dataclasses.replace(
+            data, x_train=x[train], y_train=y[train], x_val=x[val], y_val=y[val]))
 
 
 def recheck(spec: StudySpec, keeper: Keeper, study: optuna.Study, tracker: StudyTracker, *,
             finalists: int, epochs: int, verbose: bool = True) -> dict[str, Any] | None:
     """Train the study's best `finalists` configurations again and name the champion; the
     record (also the study's `medtune_finalists` attr), or None when there is nothing to do."""
-    reseeds = spec.selection["reseeds"]
+    how, count = method(spec, keeper.problem)
     top = ranked(study)[:min(finalists, spec.selection["top_k"])]
-    if not top or not reseeds:
+    if not top or not count:
         return None
     done = study.user_attrs.get(FINALISTS_ATTR)
-    if done and done["trials"] == top and done["reseeds"] == reseeds:
+    if done and done["trials"] == top and (done["method"], done["runs"]) == (how, count):
         return done  # a continued study with the same finalists is not retrained
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
-    chance = keeper.problem.chance().get(spec.objective.removeprefix("val_"), 0.0)
     results, spent = {}, 0
     for number in top:
         trial = trials[number]
-        runs = [_rerun(spec, keeper, study, tracker, trial, k, epochs, chance, verbose)
-                for k in range(1, reseeds + 1)]
+        problems = (folds(spec, keeper.problem, count) if how == "folds"
+                    else [keeper.problem] * count)
+        runs = [_rerun(spec, problem, study, tracker, trial, k, epochs, how, verbose)
+                for k, problem in enumerate(problems, start=1)]
         spent += sum(r["epochs"] for r in runs)
-        values = [trial.value, *(r["value"] for r in runs)]
+        # Folds validate on other images than the search did: the trial's value is not one.
+        values = [*([] if how == "folds" else [trial.value]), *(r["value"] for r in runs)]
         results[str(number)] = {
-            "values": values, "mean": statistics.mean(values), "sd": statistics.stdev(values),
+            "values": values, "searched": trial.value,
+            "mean": statistics.mean(values), "sd": statistics.stdev(values),
             "n": len(values), "run_ids": [r["run_id"] for r in runs],
             "stopped": [r["stopped"] for r in runs if r["stopped"]]}
     # The best mean; of equal means, the better-ranked trial.
     champion = max(top, key=lambda n: (results[str(n)]["mean"], -top.index(n)))
-    record = {"trials": top, "reseeds": reseeds, "results": results, "champion": champion,
-              "epochs": spent}
+    record = {"trials": top, "method": how, "runs": count, "results": results,
+              "champion": champion, "epochs": spent + (done or {}).get("epochs", 0)}
     study.set_user_attr(FINALISTS_ATTR, record)
     return record
 
 
-def _rerun(spec: StudySpec, keeper: Keeper, study: optuna.Study, tracker: StudyTracker,
-           trial: optuna.trial.FrozenTrial, k: int, epochs: int, chance: float,
+def _rerun(spec: StudySpec, problem, study: optuna.Study, tracker: StudyTracker,
+           trial: optuna.trial.FrozenTrial, k: int, epochs: int, how: str,
            verbose: bool) -> dict[str, Any]:
-    """Trial `trial` trained again with its k-th other seed; its value, epochs and run."""
+    """Trial `trial` trained again, the k-th time (another seed; on fold k's split for
+    "folds"); its value, epochs and run."""
     seed = trial.user_attrs.get("seed", trial.number) + k * SEED_STRIDE
     epochs = trial.user_attrs.get("epochs", epochs)  # a Keras Tuner trial's own
     record = TrialRecord(trial.number)
-    fixed = {**fixed_params(spec, keeper.problem, trial.params, epochs),
-             "finalist_of_trial": trial.number, "reseed": k, "seed": seed}
-    name = f"{study.study_name}-t{trial.number:04d}-r{k}"
+    fixed = {**fixed_params(spec, problem, trial.params, epochs),
+             "finalist_of_trial": trial.number, how.removesuffix("s"): k, "seed": seed}
+    name = f"{study.study_name}-t{trial.number:04d}-{how[0]}{k}"
+    chance = problem.chance().get(spec.objective.removeprefix("val_"), 0.0)
     outcome = {"value": chance, "stopped": None, "epochs": 0}
     try:
         with (tracker.trial_run(record, trial.params, fixed, name=name, kind="finalist") as run,
               fresh_keras_session()):
-            result = run_trial(spec, keeper.problem, trial.params, run, epochs=epochs,
+            result = run_trial(spec, problem, trial.params, run, epochs=epochs,
                                seed=seed, baseline=bool(trial.user_attrs.get("baseline")),
                                verbose=verbose)
         outcome["value"] = result.value
@@ -108,11 +152,13 @@ def _rerun(spec: StudySpec, keeper: Keeper, study: optuna.Study, tracker: StudyT
 def summary_lines(record: Mapping[str, Any], objective: str) -> list[str]:
     """The re-check as the summary prints it, best mean first."""
     rows = sorted(record["results"].items(), key=lambda item: -item[1]["mean"])
-    lines = [f"finalists, each trained {record['reseeds']} more times with other seeds "
-             f"({objective}: mean ± SD over its runs; the first value is the search's):"]
+    how = (f"by {record['runs']}-fold cross-validation over training + validation"
+           if record["method"] == "folds" else
+           f"{record['runs']} more times with other seeds (the first run is the search's)")
+    lines = [f"finalists, each trained {how}; {objective}, mean ± SD over its runs:"]
     for number, r in rows:
         mark = "  <- champion" if int(number) == record["champion"] else ""
         stopped = f", {len(r['stopped'])} stopped" if r["stopped"] else ""
         lines.append(f"  #{number:<4} {r['mean']:.4f} ± {r['sd']:.4f} ({r['n']} runs{stopped}; "
-                     f"first {r['values'][0]:.4f}){mark}")
+                     f"searched {r['searched']:.4f}){mark}")
     return lines

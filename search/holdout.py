@@ -9,6 +9,7 @@ run and `compare`; nothing feeds them to the sampler or the pruner.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import optuna
@@ -34,19 +35,21 @@ def judge_best(spec, problem, study: optuna.Study, tracking_uri: str | None,
     best = champion_trial(study)
     if best is None:  # no completed trial
         return None
-    refit = refit or study.user_attrs.get(REFIT_ATTR)  # an earlier run's, as export reads it
-    model_id = kept.champion_id(study, refit)
+    model_id = kept.champion_id(study, refit)  # (an earlier run's refit, as export reads it)
     if model_id is None:
         return None
     model_kind = "trial" if model_id == best.user_attrs.get(kept.MODEL_ATTR) else "refit"
     recorded = study.user_attrs.get(TEST_ATTR)
-    if (recorded and recorded.get("trial") == best.number
-            and recorded.get("model", "trial") == model_kind):
+    if recorded and recorded.get("model_id") == model_id:
         return recorded  # judged once: a continued study with the same pick is not rescored
     config = problem.config(best.params)
     with fresh_keras_session():
         model = compiled_model(spec, problem, config)
-        model.set_weights(kept.load(model_id, tracking_uri).get_weights())
+        try:
+            model.set_weights(kept.load(model_id, tracking_uri).get_weights())
+        except ValueError as error:  # its tracking store is out of reach: say so, go on
+            warnings.warn(f"the test split was not judged: {error}", stacklevel=2)
+            return None
         scores = model.evaluate(problem.test_dataset(config), return_dict=True, verbose=0)
     result = {"trial": best.number, "model": model_kind, "model_id": model_id,
               "n_test": len(problem.data.extra["y_test"]),

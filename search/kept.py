@@ -73,7 +73,12 @@ class Keeper:
         order = ranked(study, (trial.number, result.value))
         if trial.number not in order[:top_k]:
             return None
-        model_id = self.keep(run, study.study_name, result, "trial")
+        try:
+            model_id = self.keep(run, study.study_name, result, "trial")
+        except Exception as error:  # the trial's value stands; export can replay it
+            warnings.warn(f"trial {trial.number}'s model not kept in MLflow: {error}",
+                          stacklevel=2)
+            return None
         trial.set_user_attr(MODEL_ATTR, model_id)
         fallen = [t.user_attrs[MODEL_ATTR] for t in study.get_trials(deepcopy=False)
                   if t.number in order[top_k:] and MODEL_ATTR in t.user_attrs]
@@ -90,11 +95,13 @@ class Keeper:
 
 
 def champion_id(study: optuna.Study, refit: Mapping[str, Any] | None = None) -> str | None:
-    """The id of the study's champion model: its refit's when the refit beat the champion
-    trial (the best, or the re-checked finalists' best), else that trial's; None without a
-    completed trial or a kept model."""
+    """The id of the study's champion model: its refit's (`refit`, else the study's refit
+    record) when the refit beat the champion trial (the best, or the re-checked finalists'
+    best), else that trial's; None without a completed trial or a kept model."""
     from search.finalists import champion_trial  # (it builds on this module)
+    from search.holdout import REFIT_ATTR
 
+    refit = refit or study.user_attrs.get(REFIT_ATTR)
     best = champion_trial(study)
     if best is None:
         return None

@@ -22,7 +22,8 @@ import keras_tuner
 import optuna
 
 from search.engines import StudyRun
-from search.limits import counted_trials, epochs_spent
+from search.finalists import room
+from search.limits import EpochBudget, counted_trials
 from search.objective import improves
 from search.spec import StudySpec
 from search.stopping import Stuck
@@ -117,7 +118,8 @@ class _Hyperband(keras_tuner.Hyperband):
         settings, study = self.job.settings, self.job.study
         timed_out = (settings.timeout is not None
                      and time.monotonic() - self.started > settings.timeout)
-        spent = settings.epoch_budget is not None and epochs_spent(study) >= settings.epoch_budget
+        spent = EpochBudget(settings.epoch_budget, room(
+            self.job.spec, self.job.problem, settings.finalists, settings.epochs)).spent(study)
         if timed_out or spent or counted_trials(study) >= settings.n_trials:
             self.oracle.max_trials = len(self.oracle.trials)  # the oracle then says STOPPED
 

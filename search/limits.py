@@ -61,12 +61,18 @@ class FailureCount:
 
 
 def stop_reason(study: optuna.Study, *, n_trials: int, epoch_budget: int | None,
-                timeout: float | None, seconds: float, engine: str) -> str:
-    """Why a study's run ended, for its summary (an interrupted one says so where it stops)."""
+                timeout: float | None, seconds: float, engine: str,
+                room: Callable[[optuna.Study], int] | None = None) -> str:
+    """Why a study's run ended, for its summary (an interrupted one says so where it stops);
+    `room`: what its search kept for the finalists, as `EpochBudget` takes it."""
+    finalists = (study.user_attrs.get("medtune_finalists") or {}).get("epochs", 0)
+    kept = room(study) if room else 0
+    # The search stopped once its own epochs and the room reached the budget.
+    if epoch_budget and epochs_spent(study) - finalists + kept >= epoch_budget:
+        return (f"its epoch budget is spent ({epochs_spent(study)} of {epoch_budget} epochs"
+                + (f", {finalists} of them by the finalists" if finalists else "") + ")")
     if counted_trials(study) >= n_trials:
         return f"n_trials reached ({n_trials} complete or pruned)"
-    if EpochBudget(epoch_budget).spent(study):
-        return f"its epoch budget is spent ({epochs_spent(study)} of {epoch_budget} epochs)"
     if timeout and seconds >= timeout:
         return (f"the timeout ({timeout:g} s) passed: no trial starts after it; run the same "
                 "command again to go on")

@@ -9,7 +9,7 @@ from typing import Any
 from optuna.study import MaxTrialsCallback
 
 from search.engines import StudyRun
-from search.finalists import reserve
+from search.finalists import room
 from search.limits import COUNTED, EpochBudget, FailureCount, counted_trials
 from search.objective import make_objective
 from search.spec import StudySpec
@@ -40,9 +40,8 @@ def search(job: StudyRun) -> None:
     deadline = time.monotonic() + settings.timeout if settings.timeout else None
     failures = FailureCount(max(1, settings.n_trials - counted_trials(study)))
     # A budgeted study keeps room for its finalists' re-runs.
-    budget = EpochBudget(settings.epoch_budget, lambda study: reserve(
-        study, settings.finalists, job.spec.selection["reseeds"], settings.epochs)
-        if settings.finalists else 0)
+    budget = EpochBudget(settings.epoch_budget,
+                         room(job.spec, job.problem, settings.finalists, settings.epochs))
     guard = [job.guard] if job.guard else []
     try:
         with frozen_heap():

@@ -114,16 +114,16 @@ def gradcam_overlays(
 def finalists(recheck: Mapping, objective: str) -> plt.Figure:
     """Each finalist's value in the search (its first run) against its mean ± SD over all its
     runs: how much of the search's ranking held up with other seeds."""
-    rows = sorted(recheck["results"].items(), key=lambda item: -item[1]["values"][0])
+    rows = sorted(recheck["results"].items(), key=lambda item: -item[1]["searched"])
     fig, ax = plt.subplots(figsize=(6.4, 0.6 + 0.55 * len(rows)))
     for y, (number, r) in enumerate(rows):
         champion = int(number) == recheck["champion"]
         ax.errorbar(r["mean"], y, xerr=r["sd"], fmt="o", capsize=4,
                     color="tab:green" if champion else "tab:blue",
                     label="mean ± SD over its runs" if y == 0 else None)
-        ax.plot(r["values"][1:], [y] * (len(r["values"]) - 1), "|", color="grey", markersize=10,
-                label="its re-runs (other seeds)" if y == 0 else None)
-        ax.plot(r["values"][0], y, "x", color="tab:red", markersize=8,
+        ax.plot(r["values"], [y] * len(r["values"]), "|", color="grey", markersize=10,
+                label="its runs" if y == 0 else None)
+        ax.plot(r["searched"], y, "x", color="tab:red", markersize=8,
                 label="its value in the search" if y == 0 else None)
     ax.set_yticks(range(len(rows)),
                   [f"#{n} ({r['n']} runs)" + (" champion" if int(n) == recheck["champion"]

@@ -11,6 +11,7 @@ trial it started from on validation; its model is then kept too, the test split 
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import keras
@@ -20,7 +21,7 @@ from search.finalists import champion_trial
 from search.holdout import REFIT_ATTR
 from search.kept import MODEL_ATTR, Keeper, load
 from search.spec import StudySpec
-from search.tracking import StudyTracker, TrialRecord
+from search.tracking import StudyTracker, TrialRecord, drop_model
 from search.training import EarlierTraining, TrialFailed, fresh_keras_session
 from search.trial import fixed_params, run_trial
 
@@ -62,7 +63,7 @@ def refit_best(spec: StudySpec, keeper: Keeper, study: optuna.Study, tracker: St
                                restore=restore, is_best=lambda value: value > best.value,
                                verbose=verbose)
             if result.best_so_far:  # else the trial's own model stays the champion
-                outcome["model_id"] = keeper.keep(run, study.study_name, result, "refit")
+                outcome["model_id"] = keep_refit(keeper, run, study, result, done)
             run.log_metrics({"refit.trial_value": best.value,
                              "refit.champion": float(result.best_so_far)})
         outcome |= {"value": result.value, "best_epoch": result.best_epoch,
@@ -72,3 +73,17 @@ def refit_best(spec: StudySpec, keeper: Keeper, study: optuna.Study, tracker: St
     outcome["run_id"] = record.user_attrs.get("mlflow_run_id")
     study.set_user_attr(REFIT_ATTR, outcome)
     return outcome
+
+
+def keep_refit(keeper: Keeper, run, study: optuna.Study, result,
+               earlier: dict[str, Any] | None) -> str | None:
+    """The refit's model kept in MLflow (an earlier refit's deleted: one refit is the
+    champion); None, with a warning, when MLflow cannot take it."""
+    try:
+        model_id = keeper.keep(run, study.study_name, result, "refit")
+        if earlier and earlier.get("model_id"):
+            drop_model(run.client, earlier["model_id"])
+    except Exception as error:  # the refit's value stands; its trial's model stays champion
+        warnings.warn(f"the refit's model not kept in MLflow: {error}", stacklevel=2)
+        return None
+    return model_id

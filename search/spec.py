@@ -173,7 +173,7 @@ def _build(name: str, raw: dict, text: str, defaults_text: str) -> StudySpec:
     if raw.get("selection", {}).get("top_k", 1) < 1:
         raise ValueError(f"[selection] top_k = {raw['selection']['top_k']}: the number of the "
                          "study's best models kept in MLflow, 1 or more (the best is exported)")
-    for key in ("finalists", "reseeds"):
+    for key in ("finalists", "reseeds", "folds", "small_data"):
         if raw.get("selection", {}).get(key, 0) < 0:
             raise ValueError(f"[selection] {key} = {raw['selection'][key]}: 0 or more")
     kind = "segmentation" if isinstance(catalog.get(raw["data"]), catalog.MaskSet) else (

@@ -11,7 +11,8 @@
 - collapsed: after the warm-up, at every epoch, its predictions have been constant for the
   last `collapsed_epochs` epochs (validation AUC within 0.02 of 0.5 and the objective at
   chance), whatever its first epochs did: a learning rate that moved the network at first and
-  then killed it. Pruned the same way, `stopped_because` saying `collapsed`.
+  then killed it. Pruned the same way, `stopped_because` saying `collapsed`; one whose best
+  epoch was clearly above chance instead ends there, on that epoch's weights and value.
 - a lab baseline (the study's bar) is left alone by both until `baseline_stuck_after_epochs`:
   the labs' recipes sit at chance for their first epochs, then learn.
 - diverged: its training loss grew past `diverged_loss_factor` times the first epoch's while
@@ -45,10 +46,11 @@ class StuckOrDiverged(keras.callbacks.Callback):
                  baseline: bool = False):
         super().__init__()
         self.monitor, self.chance = monitor, chance
-        self.warmup = settings["stuck_after_epochs"]
-        if baseline and self.warmup:  # the bar gets the epochs the labs' recipes need
-            self.warmup = max(self.warmup, settings.get("baseline_stuck_after_epochs", 0))
-        # (studies recorded before these settings replay without them: 0, off)
+        # (studies recorded before the newer settings replay without them: 0, off)
+        # The bar gets the epochs the labs' recipes need before either stop may end it.
+        self.grace = settings.get("baseline_stuck_after_epochs", 0) if baseline else 0
+        self.warmup = settings["stuck_after_epochs"] and max(settings["stuck_after_epochs"],
+                                                             self.grace)
         self.window = settings.get("collapsed_epochs", 0)
         self.factor = settings["diverged_loss_factor"]
         self.values: list[float] = []
@@ -71,21 +73,28 @@ class StuckOrDiverged(keras.callbacks.Callback):
                 "(try a lower learning rate)")
         if self.warmup and len(self.values) == self.warmup:
             self.reason = self._stuck(epoch + 1)
-        if not self.reason and self.window and len(self.values) >= max(self.warmup,
-                                                                         self.window):
-            self.reason = self._collapsed(epoch + 1)
+        if (not self.reason and self.window
+                and len(self.values) >= max(self.warmup, self.window, self.grace)
+                and self._constant()):
+            if max(self.values) > self.chance + NOISE_ABOVE_CHANCE:
+                # It learned, then collapsed: it ends on its best epoch (early stopping's
+                # weights), its value stands; only the epochs after the collapse are saved.
+                self.model.stop_training = True
+            else:
+                self.reason = self._collapsed(epoch + 1)
         if self.reason:
             self.model.stop_training = True
 
-    def _collapsed(self, epochs: int) -> str | None:
-        """Constant predictions for the last `window` epochs: AUC at 0.5, objective at chance."""
+    def _constant(self) -> bool:
+        """The last `window` epochs' predictions constant: AUC at 0.5, objective at chance."""
         values, aucs = self.values[-self.window:], self.aucs[-self.window:]
         if self.chance is None or len(aucs) < self.window:
-            return None  # no AUC (a U-Net): nothing says the predictions are constant
-        if max(abs(a - 0.5) for a in aucs) > NO_SIGNAL_AUC:
-            return None
-        if max(values) > self.chance + NOISE_ABOVE_CHANCE:
-            return None
+            return False  # no AUC (a U-Net): nothing says the predictions are constant
+        return (max(abs(a - 0.5) for a in aucs) <= NO_SIGNAL_AUC
+                and max(values) <= self.chance + NOISE_ABOVE_CHANCE)
+
+    def _collapsed(self, epochs: int) -> str:
+        values, aucs = self.values[-self.window:], self.aucs[-self.window:]
         return (f"collapsed: {self.monitor} {values[-1]:.4f} and validation AUC "
                 f"{aucs[-1]:.3f} over epochs {epochs - self.window + 1}-{epochs}: the "
                 f"predictions have been constant for {self.window} epochs (chance "

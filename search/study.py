@@ -223,7 +223,7 @@ def run_study(
                                verbose, show_progress_bar))
         if guard is not None and guard.exceeded:
             return study, tracker  # restarting with fresh memory: the study goes on
-        if settings.finalists:  # the best few trained again: the champion holds up
+        if settings.finalists and settings.study_end:  # the best few again: a pick that holds
             recheck(spec, keeper, study, tracker, finalists=settings.finalists,
                     epochs=settings.epochs, verbose=verbose)
         refit = None

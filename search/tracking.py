@@ -245,7 +245,8 @@ class TrialRun:
                     model, str(folder), signature=signature, input_example=example,
                     pip_requirements=requirements, metadata=dict(metadata),
                     mlflow_model=Model(artifact_path=logged.artifact_location,
-                                       run_id=self.run_id, model_id=logged.model_id))
+                                       model_uuid=logged.model_id, run_id=self.run_id,
+                                       model_id=logged.model_id))
                 self.client.log_model_artifacts(logged.model_id, str(folder))
         except BaseException:
             self.client.finalize_logged_model(logged.model_id, "FAILED")

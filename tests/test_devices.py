@@ -81,12 +81,13 @@ def test_each_worker_sees_only_its_gpu():
     assert "CUDA_VISIBLE_DEVICES" not in cpu and cpu[cli.WORKER_ENV] == "0"
 
 
-def test_workers_run_the_command_without_workers_gpus_and_the_studys_end():
+def test_workers_run_the_command_without_workers_gpus_and_the_refit():
     argv = ["tune", "--task", "vgg_skin", "--workers", "auto", "--gpus", "0,2", "--seed", "1",
             "--workers=3", "--gpus=", "--finalists", "3", "--refit-epochs=9"]
-    # The finalists and the refit run once, in the command's own process, after the workers.
+    # The refit runs once, in the command's own process, after the workers; the workers keep
+    # --finalists, to keep their epochs in the budget, and leave the re-check to it.
     assert cli._worker_argv(argv) == ["tune", "--task", "vgg_skin", "--seed", "1",
-                                      "--finalists", "0"]
+                                      "--finalists", "3"]
 
 
 def test_plan_gpus_resolves_auto_and_restricts_a_single_worker(monkeypatch):

@@ -3,6 +3,7 @@ is named; the champion (best mean) is what the summary, the study run, compare, 
 and export take."""
 
 import shutil
+from pathlib import Path
 
 import optuna
 import pytest
@@ -12,16 +13,26 @@ from search.cli import main
 from search.limits import epochs_spent
 
 
+def study_file(folder, selection: str) -> str:
+    """LeNet on Skin with its own `[selection]` settings."""
+    text = (Path(__file__).parents[1] / "studies" / "lenet_skin.toml").read_text()
+    path = folder / "lenet_skin.toml"  # the task's own name: the study is `lenet_skin`
+    path.write_text(text + f"\n[selection]\n{selection}\n")
+    return str(path)
+
+
 def test_the_finalists_are_retrained_and_the_best_mean_is_champion(workdir, tiny_skin, capsys):
     skin = tiny_skin / "Lab2" / "Skin"
     shutil.copytree(skin / "validation", skin / "test")  # test = validation: the scores agree
-    assert tune(workdir, "--task", "lenet_skin", "--n-trials", "3", "--finalists", "2",
+    task = study_file(workdir, "small_data = 0")  # other seeds, not folds
+    assert tune(workdir, "--task", task, "--n-trials", "3", "--finalists", "2",
                 "--data-dir", str(tiny_skin)) == 0
     out = capsys.readouterr().out
     study = optuna.load_study(study_name="lenet_skin", storage=f"sqlite:///{workdir}/optuna.db")
     record = study.user_attrs["medtune_finalists"]
     done = sorted(study.get_trials(states=(TS.COMPLETE,)), key=lambda t: (-t.value, t.number))
-    assert record["trials"] == [t.number for t in done[:2]] and record["reseeds"] == 2
+    assert record["trials"] == [t.number for t in done[:2]]
+    assert (record["method"], record["runs"]) == ("reseeds", 2)
     for trial in done[:2]:
         result = record["results"][str(trial.number)]
         assert result["n"] == 3 and result["values"][0] == trial.value
@@ -63,18 +74,57 @@ def test_the_finalists_are_retrained_and_the_best_mean_is_champion(workdir, tiny
     assert f"{mine['mean']:.4f} ± {mine['sd']:.4f} (3)" in capsys.readouterr().out
 
     # The same command again: the finalists are the same, so nothing is retrained.
-    assert tune(workdir, "--task", "lenet_skin", "--n-trials", "3", "--finalists", "2",
+    assert tune(workdir, "--task", task, "--n-trials", "3", "--finalists", "2",
                 "--data-dir", str(tiny_skin)) == 0
     assert len([c for c in runs(workdir)[2] if c.data.tags["medtune.kind"] == "finalist"]) == 4
+
+
+def test_a_small_data_set_cross_validates_each_finalist(workdir, tiny_skin, capsys):
+    """36 images, at most `small_data`: each finalist is trained on 3 folds of training +
+    validation, every image validated on once; the search's own value is not one of its runs."""
+    task = study_file(workdir, "folds = 3")
+    assert tune(workdir, "--task", task, "--n-trials", "2", "--finalists", "1",
+                "--data-dir", str(tiny_skin)) == 0
+    study = optuna.load_study(study_name="lenet_skin", storage=f"sqlite:///{workdir}/optuna.db")
+    record = study.user_attrs["medtune_finalists"]
+    assert (record["method"], record["runs"]) == ("folds", 3)
+    (number,) = record["trials"]
+    result = record["results"][str(number)]
+    assert result["n"] == 3 and result["searched"] == study.trials[number].value
+    assert "by 3-fold cross-validation over training + validation" in capsys.readouterr().out
+    _, _, children = runs(workdir)
+    folds = [c for c in children if c.data.tags["medtune.kind"] == "finalist"]
+    assert sorted(c.info.run_name for c in folds) == [
+        f"lenet_skin-t{number:04d}-f{k}" for k in (1, 2, 3)]
+    assert {c.data.params["fold"] for c in folds} == {"1", "2", "3"}
 
 
 def test_an_epoch_budget_keeps_room_for_the_finalists(workdir, tiny_skin):
     """2-epoch trials, one finalist re-run twice: the search stops 4 epochs early, so the
     study with its re-runs stays within its 10 epochs (plus the one trial in flight)."""
-    assert tune(workdir, "--task", "lenet_skin", "--n-trials", "20", "--epoch-budget", "10",
+    task = study_file(workdir, "small_data = 0")
+    assert tune(workdir, "--task", task, "--n-trials", "20", "--epoch-budget", "10",
                 "--finalists", "1", "--data-dir", str(tiny_skin)) == 0
     study = optuna.load_study(study_name="lenet_skin", storage=f"sqlite:///{workdir}/optuna.db")
     record = study.user_attrs["medtune_finalists"]
     searched = epochs_spent(study) - record["epochs"]
     assert record["epochs"] > 0 and searched <= 10 - record["epochs"] + 2
     assert epochs_spent(study) <= 10 + 2
+
+
+def test_the_champion_is_the_rechecked_pick_only_while_its_finalists_are_the_best():
+    """In a continued study, trials after the re-check may pass its finalists: the best trial
+    is the champion again. Of trials with equal values the earlier one is best, as the kept
+    models are ranked."""
+    from optuna.trial import create_trial
+
+    from search.finalists import champion_trial
+
+    study = optuna.create_study(direction="maximize")
+    for value in (0.7, 0.8, 0.8):
+        study.add_trial(create_trial(value=value))
+    assert champion_trial(study).number == 1  # trial 2 ties it, later
+    study.set_user_attr("medtune_finalists", {"trials": [1, 2], "champion": 2})
+    assert champion_trial(study).number == 2  # the re-check's pick
+    study.add_trial(create_trial(value=0.9))
+    assert champion_trial(study).number == 3  # passed since: the re-check no longer holds

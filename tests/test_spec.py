@@ -330,7 +330,8 @@ def test_the_cli_prints_a_bad_study_file_as_one_line(tmp_path, capsys):
 def test_export_artifacts_split_and_synthetic_settings_are_in_the_spec(tmp_path):
     defaults = load_spec("unet_xray")
     assert defaults.export == {"tolerance": 0.02}
-    assert defaults.selection == {"top_k": 3, "finalists": 0, "reseeds": 2}
+    assert defaults.selection == {"top_k": 3, "finalists": 0, "reseeds": 2, "folds": 5,
+                                  "small_data": 3000}
     assert defaults.artifacts == {"overlay_images": 6, "mask_threshold": 0.5}
     assert defaults.split == {"validation_fraction": 0.2, "seed": 0}
     assert defaults.synthetic["lungs"] == {"n_pairs": 234, "size": 128, "seed": 0}

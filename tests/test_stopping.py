@@ -174,3 +174,21 @@ def test_a_learning_rate_that_kills_the_network_ends_collapsed(workdir):
     assert 3 < trial.user_attrs["epochs_run"] < 12
     _, _, (child,) = runs(workdir)
     assert child.data.tags["stopped_because"].startswith("collapsed: ")
+
+
+def test_a_trial_that_learned_then_collapsed_ends_on_its_best_epoch_not_pruned():
+    """Well above chance at first, then constant: the later epochs are saved, the value (its
+    best epoch, whose weights early stopping restores) stands."""
+    watch = feed(StuckOrDiverged("val_accuracy", 0.5, COLLAPSE),
+                 [(0.6, 0.8, 0.85), (0.5, 0.85, 0.9), (9.0, 0.5, 0.5), (0.7, 0.5, 0.5),
+                  (0.7, 0.5, 0.5)])
+    assert watch.reason is None and watch.model.stop_training
+
+
+def test_a_baseline_is_left_alone_by_the_collapse_stop_too_even_without_the_stuck_stop():
+    settings = {**COLLAPSE, "stuck_after_epochs": 0}
+    baseline = feed(StuckOrDiverged("val_accuracy", 0.5, settings, baseline=True),
+                    [(0.6931, 0.5, 0.5)] * 11)
+    assert baseline.reason is None
+    feed(baseline, [(0.6931, 0.5, 0.5)])
+    assert baseline.reason.startswith("collapsed: ")
