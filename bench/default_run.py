@@ -71,6 +71,16 @@ def working_copy(dest: Path) -> Path:
     return dest
 
 
+def project_env(**extra: str) -> dict[str, str]:
+    """The environment to run the project's commands in a working copy: this venv's `mlflow`
+    and `python` first on PATH, no MLflow settings of the caller's."""
+    venv_bin = str(Path(sys.executable).parent)
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("MLFLOW_") and k != "VIRTUAL_ENV"}
+    return env | {"PATH": os.pathsep.join([venv_bin, env.get("PATH", "")]),
+                  "VIRTUAL_ENV": sys.prefix, "PYTHONUNBUFFERED": "1", **extra}
+
+
 def mlflow_command(task: str, params: dict[str, str]) -> list[str]:
     settings = [x for k, v in params.items() for x in ("-P", f"{k}={v}")]
     return ["mlflow", "run", ".", "-e", "tune", "-P", f"task={task}", *settings,
@@ -143,11 +153,7 @@ def run(args: argparse.Namespace) -> common.Result:
     copy = Path(tempfile.mkdtemp(prefix="default-run-", dir=args.work_dir))
     try:
         working_copy(copy)
-        venv_bin = str(Path(sys.executable).parent)  # `mlflow` and the project's `python`
-        env = {k: v for k, v in os.environ.items()
-               if not k.startswith("MLFLOW_") and k != "VIRTUAL_ENV"}
-        env |= {"PATH": os.pathsep.join([venv_bin, env.get("PATH", "")]),
-                "VIRTUAL_ENV": sys.prefix, "PYTHONUNBUFFERED": "1"}
+        env = project_env()
         if args.cache == "fresh":
             env["MEDTUNE_CACHE"] = str(copy / ".medtune-cache")
         argv = mlflow_command(args.task, params)

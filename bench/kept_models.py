@@ -6,15 +6,15 @@
    the same with `-P replay=true` (the best trial retrained first), each timed as a whole
    process, `mlflow run` included.
 2. A 50-trial VGG study (`medtune tune --task vgg_skin --n-trials 50 --timeout 0 --epochs 2`,
-   2 epochs a trial so that it ends in tens of minutes on 2 cores): the storage its kept models take once it
-   ends, against what keeping every trial's model would take, and each kept trial's time to
-   log its model (`trial.keep_seconds`) against its whole time (`trial.seconds`).
+   2 epochs a trial so that it ends in tens of minutes on 2 cores): the storage its kept models
+   take once it ends, against what keeping every trial's model would take, and each kept
+   trial's time to log its model (`trial.keep_seconds`) against its whole time
+   (`trial.seconds`).
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import subprocess
 import sys
@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 from bench import common
-from bench.default_run import mlflow_command, working_copy
+from bench.default_run import mlflow_command, project_env, working_copy
 
 NAME = "kept_models"
 GOAL_S = 30.0
@@ -97,12 +97,7 @@ def run(args: argparse.Namespace) -> common.Result:
     copy = Path(tempfile.mkdtemp(prefix="kept-models-", dir=args.work_dir))
     try:
         working_copy(copy)
-        venv_bin = str(Path(sys.executable).parent)  # `mlflow` and the project's `python`
-        env = {k: v for k, v in os.environ.items()
-               if not k.startswith("MLFLOW_") and k != "VIRTUAL_ENV"}
-        env |= {"PATH": os.pathsep.join([venv_bin, env.get("PATH", "")]),
-                "VIRTUAL_ENV": sys.prefix, "PYTHONUNBUFFERED": "1",
-                "MEDTUNE_CACHE": str(copy / ".medtune-cache")}
+        env = project_env(MEDTUNE_CACHE=str(copy / ".medtune-cache"))
         tune_s, _ = timed(mlflow_command(task, params), copy, env, args.limit_s)
         export = ["mlflow", "run", ".", "-e", "export", "-P", f"study={task}",
                   "--env-manager", "local"]

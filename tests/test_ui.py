@@ -4,6 +4,7 @@ optuna-dashboard over its Optuna storage.
 
 `MEDTUNE_SCREENSHOTS=docs pytest tests/test_ui.py` also writes the README's screenshots."""
 
+import contextlib
 import json
 import os
 import re
@@ -100,6 +101,22 @@ def mlflow_ui(study):
     _stop_group(proc)
 
 
+@contextlib.contextmanager
+def chromium_page(height: int = 900):
+    """A page of headless Chromium (Debian's, driven by Playwright), 1400 px wide."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=[
+            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+            "--disable-background-networking", "--disable-component-update", "--disable-sync"])
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": height})
+            page.set_default_timeout(30_000)
+            yield page
+        finally:
+            browser.close()
+
+
 def toggle_column(page, title: str) -> None:
     """Tick or untick a column in the runs table's Columns menu (a checkable tree)."""
     name = page.locator(".du-bois-light-tree-title").filter(
@@ -121,79 +138,69 @@ def screenshot(page, tmp_path: Path, name: str) -> Path:
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium (apt install chromium)")
 def test_the_mlflow_ui_shows_the_study_its_trials_objective_charts_and_data(
         study, mlflow_ui, tmp_path):
-    sync_api = pytest.importorskip("playwright.sync_api")
     client = MlflowClient(f"sqlite:///{study}/mlflow.db")
     experiment = client.get_experiment_by_name(TASK)
     (study_run,) = client.search_runs([experiment.experiment_id], "tags.`medtune.kind` = 'study'")
     best = study_run.data.tags["best_run_id"]
     digest = study_run.inputs.dataset_inputs[0].dataset.digest
 
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=[
-            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-            "--disable-background-networking", "--disable-component-update", "--disable-sync"])
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 900})
-            page.set_default_timeout(30_000)
-            # The link medtune prints: the experiment's runs, in the "Model training" view.
-            page.goto(f"{mlflow_ui}/#/experiments/{experiment.experiment_id}"
-                      "?workflowType=machine_learning")
-            run_link = page.locator(f'a[href$="/runs/{study_run.info.run_id}"]')
-            run_link.wait_for()
-            assert run_link.inner_text() == TASK  # the study's run, named for the study
-            assert page.get_by_test_id("experiment-link").inner_text() == TASK  # breadcrumb
-            assert page.get_by_text("Model training").is_visible()
-            assert page.get_by_text(f"skin ({digest})").first.is_visible()  # dataset column
-            page.get_by_role("button", name="Close").click()  # the assistant's panel: stays shut
-            # Trials are the study run's children: hidden until its row is expanded.
-            trial_names = [f"{TASK}-t{i:04d}" for i in range(TRIALS)]
-            assert not page.get_by_text(trial_names[0], exact=True).is_visible()
-            page.locator('button[data-component-id$="runnamecellrenderer.tsx_46"]').click()
-            for name in trial_names:
-                page.get_by_role("link", name=name, exact=True).wait_for()
-            assert page.get_by_text(f"{TRIALS + 1} matching runs").is_visible()
-            # The `trial.*` columns, chosen as a user does, sort together.
-            page.get_by_role("button", name="Columns").click()
-            for column in ("Source", "Models"):
-                toggle_column(page, column)
-            page.get_by_placeholder("Search columns").fill("trial.")
-            for column in ("trial.objective", "trial.best_epoch", "trial.epochs_run",
-                           "trial.state"):
-                toggle_column(page, column)
-            page.keyboard.press("Escape")
-            cells = page.locator('[role="gridcell"][col-id="metrics.`trial.objective`"]')
-            cells.first.wait_for()
-            shown = [float(t) for t in cells.all_inner_texts() if t.strip() not in ("", "-")]
-            trials = client.search_runs([experiment.experiment_id],
-                                        "tags.`medtune.kind` = 'trial'")
-            values = [r.data.metrics["trial.objective"] for r in trials
-                      if "trial.objective" in r.data.metrics]  # a pruned trial has none
-            assert len(shown) == len(values) and max(shown) == pytest.approx(max(values), abs=1e-3)
-            screenshot(page, tmp_path, "mlflow_runs.png")
+    with chromium_page() as page:
+        # The link medtune prints: the experiment's runs, in the "Model training" view.
+        page.goto(f"{mlflow_ui}/#/experiments/{experiment.experiment_id}"
+                  "?workflowType=machine_learning")
+        run_link = page.locator(f'a[href$="/runs/{study_run.info.run_id}"]')
+        run_link.wait_for()
+        assert run_link.inner_text() == TASK  # the study's run, named for the study
+        assert page.get_by_test_id("experiment-link").inner_text() == TASK  # breadcrumb
+        assert page.get_by_text("Model training").is_visible()
+        assert page.get_by_text(f"skin ({digest})").first.is_visible()  # dataset column
+        page.get_by_role("button", name="Close").click()  # the assistant's panel: stays shut
+        # Trials are the study run's children: hidden until its row is expanded.
+        trial_names = [f"{TASK}-t{i:04d}" for i in range(TRIALS)]
+        assert not page.get_by_text(trial_names[0], exact=True).is_visible()
+        page.locator('button[data-component-id$="runnamecellrenderer.tsx_46"]').click()
+        for name in trial_names:
+            page.get_by_role("link", name=name, exact=True).wait_for()
+        assert page.get_by_text(f"{TRIALS + 1} matching runs").is_visible()
+        # The `trial.*` columns, chosen as a user does, sort together.
+        page.get_by_role("button", name="Columns").click()
+        for column in ("Source", "Models"):
+            toggle_column(page, column)
+        page.get_by_placeholder("Search columns").fill("trial.")
+        for column in ("trial.objective", "trial.best_epoch", "trial.epochs_run",
+                       "trial.state"):
+            toggle_column(page, column)
+        page.keyboard.press("Escape")
+        cells = page.locator('[role="gridcell"][col-id="metrics.`trial.objective`"]')
+        cells.first.wait_for()
+        shown = [float(t) for t in cells.all_inner_texts() if t.strip() not in ("", "-")]
+        trials = client.search_runs([experiment.experiment_id],
+                                    "tags.`medtune.kind` = 'trial'")
+        values = [r.data.metrics["trial.objective"] for r in trials
+                  if "trial.objective" in r.data.metrics]  # a pruned trial has none
+        assert len(shown) == len(values) and max(shown) == pytest.approx(max(values), abs=1e-3)
+        screenshot(page, tmp_path, "mlflow_runs.png")
 
-            # A trial's page: its metric charts, one per Keras metric, epochs on the x axis.
-            page.goto(f"{mlflow_ui}/#/experiments/{experiment.experiment_id}/runs/{best}"
-                      "/model-metrics?workflowType=machine_learning")
-            page.get_by_text("Model metrics", exact=True).first.wait_for()
-            assert page.get_by_text(f"{TASK}-t", exact=False).first.is_visible()  # run name
-            page.get_by_placeholder("Search metric charts").fill("val_")
-            for metric in ("val_accuracy", "val_loss", "val_auc"):
-                page.get_by_text(metric, exact=True).first.wait_for()
-            page.wait_for_timeout(3000)  # the charts draw after their data arrive
-            assert page.locator("svg.main-svg").count() >= 3  # Plotly's charts
-            screenshot(page, tmp_path, "mlflow_trial_metrics.png")
-            # Its system metrics, sampled every second while it trained.
-            page.get_by_role("tab", name="System metrics").click()
-            page.get_by_text("cpu_utilization_percentage").first.wait_for()
-        finally:
-            browser.close()
+        # A trial's page: its metric charts, one per Keras metric, epochs on the x axis.
+        page.goto(f"{mlflow_ui}/#/experiments/{experiment.experiment_id}/runs/{best}"
+                  "/model-metrics?workflowType=machine_learning")
+        page.get_by_text("Model metrics", exact=True).first.wait_for()
+        assert page.get_by_text(f"{TASK}-t", exact=False).first.is_visible()  # run name
+        page.get_by_placeholder("Search metric charts").fill("val_")
+        for metric in ("val_accuracy", "val_loss", "val_auc"):
+            page.get_by_text(metric, exact=True).first.wait_for()
+        page.wait_for_timeout(3000)  # the charts draw after their data arrive
+        assert page.locator("svg.main-svg").count() >= 3  # Plotly's charts
+        screenshot(page, tmp_path, "mlflow_trial_metrics.png")
+        # Its system metrics, sampled every second while it trained.
+        page.get_by_role("tab", name="System metrics").click()
+        page.get_by_text("cpu_utilization_percentage").first.wait_for()
 
 
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium (apt install chromium)")
 def test_the_models_tab_lists_the_kept_models_with_their_metrics(study, mlflow_ui, tmp_path):
     """The study's best trials keep their models in MLflow (`[selection] top_k`): the
     experiment's Models tab lists them, each with its best epoch's validation metrics."""
-    sync_api = pytest.importorskip("playwright.sync_api")
     import optuna
 
     client = MlflowClient(f"sqlite:///{study}/mlflow.db")
@@ -203,39 +210,31 @@ def test_the_models_tab_lists_the_kept_models_with_their_metrics(study, mlflow_u
     values = {f"{TASK}-t{t.number:04d}": t.value for t in trials if "model_id" in t.user_attrs}
     assert set(kept) == set(values) and 1 <= len(kept) <= 3  # top_k = 3 in the defaults
 
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=[
-            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-            "--disable-background-networking", "--disable-component-update", "--disable-sync"])
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 700})
-            page.set_default_timeout(30_000)
-            page.goto(f"{mlflow_ui}/#/experiments/{experiment.experiment_id}/models"
-                      "?workflowType=machine_learning")
-            links = page.locator('a[href*="/models/m-"]')
-            links.first.wait_for()
-            assert sorted(links.all_inner_texts()) == sorted(kept)
-            page.get_by_role("button", name="Close").click()  # the assistant's panel
-            # The validation metrics, chosen as a user does: Columns, the data set's metrics.
-            page.get_by_role("button", name="Columns").click()
-            for column in ("Status", "Logged from", "Registered models", "Dataset",
-                           "Parameters"):
-                toggle_column(page, column)
-            data = page.locator(".du-bois-light-tree-treenode").filter(
-                has=page.locator(".du-bois-light-tree-title").filter(
-                    has_text=re.compile(r"^Dataset: skin")))
-            data.locator(".du-bois-light-tree-switcher").click()
-            for column in ("accuracy", "auc", "balanced_accuracy", "loss"):
-                toggle_column(page, column)
-            page.keyboard.press("Escape")
-            headers = page.locator('[role="columnheader"]').all_inner_texts()
-            assert headers[-4:] == ["val_accuracy", "val_auc", "val_balanced_accuracy",
-                                    "val_loss"]
-            cells = page.locator('[role="gridcell"]').all_inner_texts()
-            for name, value in values.items():  # each row: name, then its val_accuracy
-                row = cells.index(name, len(kept) * 2)  # past the pinned name column
-                assert float(cells[row + 1]) == pytest.approx(value, abs=1e-6)
-            page.set_viewport_size({"width": 1400, "height": 400})
-            screenshot(page, tmp_path, "mlflow_models.png")
-        finally:
-            browser.close()
+    with chromium_page(700) as page:
+        page.goto(f"{mlflow_ui}/#/experiments/{experiment.experiment_id}/models"
+                  "?workflowType=machine_learning")
+        links = page.locator('a[href*="/models/m-"]')
+        links.first.wait_for()
+        assert sorted(links.all_inner_texts()) == sorted(kept)
+        page.get_by_role("button", name="Close").click()  # the assistant's panel
+        # The validation metrics, chosen as a user does: Columns, the data set's metrics.
+        page.get_by_role("button", name="Columns").click()
+        for column in ("Status", "Logged from", "Registered models", "Dataset",
+                       "Parameters"):
+            toggle_column(page, column)
+        data = page.locator(".du-bois-light-tree-treenode").filter(
+            has=page.locator(".du-bois-light-tree-title").filter(
+                has_text=re.compile(r"^Dataset: skin")))
+        data.locator(".du-bois-light-tree-switcher").click()
+        for column in ("accuracy", "auc", "balanced_accuracy", "loss"):
+            toggle_column(page, column)
+        page.keyboard.press("Escape")
+        headers = page.locator('[role="columnheader"]').all_inner_texts()
+        assert headers[-4:] == ["val_accuracy", "val_auc", "val_balanced_accuracy",
+                                "val_loss"]
+        cells = page.locator('[role="gridcell"]').all_inner_texts()
+        for name, value in values.items():  # each row: name, then its val_accuracy
+            row = cells.index(name, len(kept) * 2)  # past the pinned name column
+            assert float(cells[row + 1]) == pytest.approx(value, abs=1e-6)
+        page.set_viewport_size({"width": 1400, "height": 400})
+        screenshot(page, tmp_path, "mlflow_models.png")
