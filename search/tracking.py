@@ -181,13 +181,14 @@ class TrialRun:
         self.name = name
         self.history: Mapping[str, list[float]] = {}
         self.data: DataRecord | None = None  # the data set its metrics are measured on
+        self.stamps: dict[int, int] = {}  # epoch -> when its metrics were logged
 
     def follow(self, history: Mapping[str, list[float]]) -> None:
         self.history = history
 
     def log_epoch(self, epoch: int, logs: Mapping[str, float]) -> None:
         # One batched call per epoch: a database round trip per metric would cost more.
-        stamp = _now_ms()
+        stamp = self.stamps[epoch] = _now_ms()
         self.client.log_batch(
             self.run_id, metrics=[Metric(k, float(v), stamp, epoch) for k, v in logs.items()]
         )
@@ -253,7 +254,9 @@ class TrialRun:
             raise
         data = ({"dataset_name": self.data.name, "dataset_digest": self.data.digest[:16]}
                 if self.data else {})
-        stamp = _now_ms()
+        # The epoch's own points, linked to the model: logged again with their own time, MLflow
+        # keeps them once in the run's history (as its `log_model(step=...)` does).
+        stamp = self.stamps.get(step, _now_ms())
         self.client.log_outputs(self.run_id, models=[LoggedModelOutput(logged.model_id, step)])
         self.client.log_batch(self.run_id, metrics=[
             Metric(k, float(v), stamp, step, model_id=logged.model_id, **data)

@@ -50,6 +50,9 @@ def test_the_best_trials_keep_their_models_and_a_model_pushed_out_is_deleted(wor
     assert metrics["val_accuracy"].value == first.value
     assert metrics["val_accuracy"].step == best_epoch and "loss" in metrics
     assert metrics["val_accuracy"].dataset_name == "skin"
+    # Linking them to the model leaves the run's curves as they were: one point an epoch.
+    history = client.get_metric_history(first.user_attrs["mlflow_run_id"], "val_accuracy")
+    assert [m.step for m in history] == list(range(1, first.user_attrs["epochs_run"] + 1))
     assert model.params["learning_rate"] == str(first.params["learning_rate"])
     files = Path(model.artifact_location.removeprefix("file://"))
     assert (files / "MLmodel").is_file() and (files / "input_example.json").is_file()
