@@ -95,7 +95,10 @@ def export_best(
     replay = replay or model_id is None  # an older study: nothing kept to load
     params = {"study": study_name, "storage": mask_password(storage), "task": spec.name,
               "trial": best.number, "replay": replay, "image_size": recorded["image_size"],
-              **({"tolerance": tolerance} if replay else {}), **best.params}
+              **best.params}
+    if replay:  # what the replay trains: the trial's epochs (Hyperband's for Keras Tuner), seed
+        params |= {"tolerance": tolerance, "seed": best.user_attrs.get("seed", best.number),
+                   "epochs": best.user_attrs.get("epochs", recorded["epochs"])}
     tags = {"medtune.study": study_name, "medtune.task": spec.name,
             "medtune.exported_trial": str(best.number), "medtune.champion": champion,
             "medtune.model_id": model_id or "",
