@@ -138,11 +138,12 @@ def test_under_mlflow_run_its_run_is_the_study_run_two_levels_and_dead_runs_end_
     assert study.user_attrs[OUTER_ATTR + third] is None  # settled
     assert client.get_run(first).info.status == "FINISHED"  # the study's run: reopened, ended
 
-    # `mlflow run . -e export` logs into its own run, which holds storage='' and tolerance=''.
+    # `mlflow run . -e export` logs into its own run, which holds storage='' and tolerance=''
+    # (the replay's: with -P replay=true medtune adds the resolved tolerance).
     fourth = project_run(client, "labs", "export", study="lenet_skin", storage="", name="",
-                         tolerance="")
+                         replay="true", tolerance="")
     monkeypatch.setenv("MLFLOW_RUN_ID", fourth)
-    assert main(["export", "--study", "lenet_skin", "--storage", "",
+    assert main(["export", "--study", "lenet_skin", "--storage", "", "--replay", "true",
                  "--tracking-uri", f"sqlite:///{workdir}/mlflow.db", "--tolerance", ""]) == 0
     export = client.get_run(fourth)
     assert export.info.run_name == "export lenet_skin"
