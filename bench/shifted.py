@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> common.Result:
     import pandas as pd
 
     from search import kept
-    from search.finalists import champion_trial
+    from search.records import champion_trial
     from search.recovery import open_storage
     from search.spec import spec_from_record
     from search.study import SETTINGS_ATTR, STUDY_FILE_ATTR, prepare_problem

@@ -69,7 +69,44 @@ def parser() -> argparse.ArgumentParser:
     commands = top.add_subparsers(dest="command", required=True)
     commands.add_parser("tasks", help="list the lab tasks (the files in studies/)")
 
-    tune = commands.add_parser("tune", help="run (or continue) a task's Optuna study")
+    _tune_arguments(commands.add_parser("tune", help="run (or continue) a task's Optuna study"))
+    export = commands.add_parser(
+        "export", help="register a study's champion, kept in MLflow, as `champion`")
+    export.add_argument("--study", required=True,
+                        help="study name: the task's name, unless `tune --study` gave another")
+    export.add_argument("--storage", type=_optional(str),
+                        help="Optuna storage URL (default sqlite:///optuna.db)")
+    export.add_argument("--name", type=_optional(str),
+                        help="registered model name (default: the study name)")
+    export.add_argument("--replay", type=_yes_no, nargs="?", const=True, default=False,
+                        help="first retrain the best trial as it ran and register nothing "
+                             "unless it reaches the recorded value (a reproducibility check)")
+    export.add_argument("--tolerance", type=_optional(float), default=None,
+                        help="with --replay: refuse to register when the replay misses the "
+                             "recorded value by more than this (default: the study file's "
+                             "[export] tolerance)")
+    export.add_argument("--experiment", type=_optional(str),
+                        help="MLflow experiment (default: the task's name)")
+    export.add_argument("--tracking-uri", type=_optional(str))
+
+    compare = commands.add_parser("compare", help="the best trials of several studies")
+    compare.add_argument("--studies", required=True,
+                         help="study names, separated by commas or spaces (e.g. task names)")
+    compare.add_argument("--storage", type=_optional(str),
+                         help="Optuna storage URL (default sqlite:///optuna.db)")
+    compare.add_argument("--top", type=_whole, default=3, help="trials per study (default 3)")
+    compare.add_argument("--experiment", default="medtune")
+    compare.add_argument("--tracking-uri", type=_optional(str))
+
+    dashboard = commands.add_parser(
+        "dashboard", help="optuna-dashboard over the studies' storage, on 127.0.0.1")
+    dashboard.add_argument("--storage", type=_optional(str),
+                           help="Optuna storage URL (default sqlite:///optuna.db)")
+    dashboard.add_argument("--port", type=_whole, default=8080, help="port (default 8080)")
+    return top
+
+
+def _tune_arguments(tune: argparse.ArgumentParser) -> None:
     tune.add_argument("--task", required=True, help="task name (see `medtune tasks`) or .toml")
     tune.add_argument("--budget", default="quick",
                       help="quick (default: minutes on a laptop) or lab (the lab sheets' budget)")
@@ -114,40 +151,6 @@ def parser() -> argparse.ArgumentParser:
     tune.add_argument("--tracking-uri", type=_optional(str),
                       help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or "
                            "sqlite:///mlflow.db)")
-    export = commands.add_parser(
-        "export", help="register a study's champion, kept in MLflow, as `champion`")
-    export.add_argument("--study", required=True,
-                        help="study name: the task's name, unless `tune --study` gave another")
-    export.add_argument("--storage", type=_optional(str),
-                        help="Optuna storage URL (default sqlite:///optuna.db)")
-    export.add_argument("--name", type=_optional(str),
-                        help="registered model name (default: the study name)")
-    export.add_argument("--replay", type=_yes_no, nargs="?", const=True, default=False,
-                        help="first retrain the best trial as it ran and register nothing "
-                             "unless it reaches the recorded value (a reproducibility check)")
-    export.add_argument("--tolerance", type=_optional(float), default=None,
-                        help="with --replay: refuse to register when the replay misses the "
-                             "recorded value by more than this (default: the study file's "
-                             "[export] tolerance)")
-    export.add_argument("--experiment", type=_optional(str),
-                        help="MLflow experiment (default: the task's name)")
-    export.add_argument("--tracking-uri", type=_optional(str))
-
-    compare = commands.add_parser("compare", help="the best trials of several studies")
-    compare.add_argument("--studies", required=True,
-                         help="study names, separated by commas or spaces (e.g. task names)")
-    compare.add_argument("--storage", type=_optional(str),
-                         help="Optuna storage URL (default sqlite:///optuna.db)")
-    compare.add_argument("--top", type=_whole, default=3, help="trials per study (default 3)")
-    compare.add_argument("--experiment", default="medtune")
-    compare.add_argument("--tracking-uri", type=_optional(str))
-
-    dashboard = commands.add_parser(
-        "dashboard", help="optuna-dashboard over the studies' storage, on 127.0.0.1")
-    dashboard.add_argument("--storage", type=_optional(str),
-                           help="Optuna storage URL (default sqlite:///optuna.db)")
-    dashboard.add_argument("--port", type=_whole, default=8080, help="port (default 8080)")
-    return top
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -185,8 +188,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def _tune(args: argparse.Namespace, spec, argv: list[str]) -> int:
     from search import worker
-    from search.finalists import FINALISTS_ATTR, reserve
+    from search.finalists import reserve
     from search.limits import stop_reason
+    from search.records import FINALISTS_ATTR
     from search.settings import resolve_settings
     from search.study import run_study
     from search.urls import mask_password
@@ -361,9 +365,9 @@ def _print_summary(study, tracker, objective: str, target: int, seconds: float,
                    why: str) -> None:
     import optuna
 
-    from search.finalists import FINALISTS_ATTR, champion_trial, summary_lines
-    from search.holdout import REFIT_ATTR, TEST_ATTR
+    from search.finalists import summary_lines
     from search.limits import COUNTED, counted_trials
+    from search.records import FINALISTS_ATTR, REFIT_ATTR, TEST_ATTR, champion_trial
 
     TS = optuna.trial.TrialState
     failed = study.get_trials(deepcopy=False, states=(TS.FAIL,))

@@ -5,8 +5,7 @@ from __future__ import annotations
 import optuna
 import pandas as pd
 
-from search.finalists import FINALISTS_ATTR
-from search.holdout import TEST_ATTR
+from search.records import FINALISTS_ATTR, TEST_ATTR
 from search.recovery import open_storage
 from search.urls import mask_password
 

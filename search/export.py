@@ -19,9 +19,8 @@ import keras
 import optuna
 
 from search import kept
-from search.finalists import champion_trial
-from search.holdout import REFIT_ATTR
 from search.manifest import served_requirements
+from search.records import MODEL_ATTR, REFIT_ATTR, champion_trial
 from search.recovery import open_storage
 from search.spec import StudySpec, load_spec, spec_from_record
 from search.study import (
@@ -90,7 +89,7 @@ def export_best(
             else load_spec(recorded["task"]))  # a study older than the record: today's file
     tolerance = spec.export["tolerance"] if tolerance is None else tolerance
     model_id = kept.champion_id(study)
-    champion = "trial" if model_id == best.user_attrs.get(kept.MODEL_ATTR) else "refit"
+    champion = "trial" if model_id == best.user_attrs.get(MODEL_ATTR) else "refit"
     value = study.user_attrs[REFIT_ATTR]["value"] if champion == "refit" else best.value
     replay = replay or model_id is None  # an older study: nothing kept to load
     params = {"study": study_name, "storage": mask_password(storage), "task": spec.name,

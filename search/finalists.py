@@ -27,29 +27,15 @@ import numpy as np
 import optuna
 from sklearn.model_selection import KFold, StratifiedKFold
 
-from search.kept import Keeper, ranked
+from search.kept import Keeper
 from search.problems import make_problem
+from search.records import FINALISTS_ATTR, ranked
 from search.spec import StudySpec
 from search.tracking import StudyTracker, TrialRecord
 from search.training import TrialFailed, fresh_keras_session
 from search.trial import fixed_params, run_trial
 
-FINALISTS_ATTR = "medtune_finalists"  # study user attr: the re-check and its champion
 SEED_STRIDE = 100_003  # re-run k of a trial seeded `seed + k * SEED_STRIDE`: no other trial's
-
-
-def champion_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
-    """The study's champion: the finalist with the best mean when its best trials were
-    re-checked (while they are still its best: trials since may have passed them), else its
-    best trial (an earlier one winning a tie, as `kept.ranked` keeps models); None before any
-    trial completed."""
-    order = ranked(study)
-    if not order:
-        return None
-    record = study.user_attrs.get(FINALISTS_ATTR)
-    current = record and record["trials"] == order[:len(record["trials"])]
-    number = record["champion"] if current else order[0]
-    return next(t for t in study.get_trials(deepcopy=False) if t.number == number)
 
 
 def room(spec: StudySpec, problem, finalists: int, epochs: int):

@@ -14,10 +14,8 @@ from typing import Any
 
 import optuna
 
+from search.records import MODEL_ATTR, TEST_ATTR, champion_trial
 from search.training import compiled_model, fresh_keras_session
-
-TEST_ATTR = "medtune_test"
-REFIT_ATTR = "medtune_refit"  # the champion's refit (`search.refit`): trial, epochs, values
 
 
 def judge_best(spec, problem, study: optuna.Study, tracking_uri: str | None,
@@ -26,9 +24,7 @@ def judge_best(spec, problem, study: optuna.Study, tracking_uri: str | None,
     study: the best trial's model, or its refit when the refit beat it on validation (`refit`,
     from `search.refit`). None when the data has no test split or the pick kept no model (a
     study older than kept models)."""
-    # (search.tracking reads this module's attrs: these import it, so they come here)
-    from search import kept
-    from search.finalists import champion_trial
+    from search import kept  # (kept loads through tracking, which the trial imports early)
 
     if not hasattr(problem, "test_dataset") or "x_test" not in problem.data.extra:
         return None
@@ -38,7 +34,7 @@ def judge_best(spec, problem, study: optuna.Study, tracking_uri: str | None,
     model_id = kept.champion_id(study, refit)  # (an earlier run's refit, as export reads it)
     if model_id is None:
         return None
-    model_kind = "trial" if model_id == best.user_attrs.get(kept.MODEL_ATTR) else "refit"
+    model_kind = "trial" if model_id == best.user_attrs.get(MODEL_ATTR) else "refit"
     recorded = study.user_attrs.get(TEST_ATTR)
     if recorded and recorded.get("model_id") == model_id:
         return recorded  # judged once: a continued study with the same pick is not rescored

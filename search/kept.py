@@ -19,24 +19,15 @@ import keras
 import optuna
 
 from search.manifest import served_requirements
+from search.records import MODEL_ATTR, REFIT_ATTR, champion_trial, ranked
 from search.spec import StudySpec
 from search.tracking import TrialRun, drop_model, kept_model, live_models
-
-MODEL_ATTR = "model_id"  # trial user attr: the id of its kept model in MLflow
-TS = optuna.trial.TrialState
 
 
 class _Trial(Protocol):  # an Optuna trial, or a Keras Tuner trial's record
     number: int
 
     def set_user_attr(self, key: str, value: Any) -> None: ...
-
-
-def ranked(study: optuna.Study, extra: tuple[int, float] | None = None) -> list[int]:
-    """Numbers of the study's completed trials (and `extra`, a trial ending now), best first."""
-    done = [(t.number, t.value) for t in study.get_trials(deepcopy=False, states=(TS.COMPLETE,))]
-    entries = [e for e in done if extra is None or e[0] != extra[0]] + ([extra] if extra else [])
-    return [number for number, _ in sorted(entries, key=lambda e: (-e[1], e[0]))]
 
 
 @dataclass(frozen=True)
@@ -98,9 +89,6 @@ def champion_id(study: optuna.Study, refit: Mapping[str, Any] | None = None) -> 
     """The id of the study's champion model: its refit's (`refit`, else the study's refit
     record) when the refit beat the champion trial (the best, or the re-checked finalists'
     best), else that trial's; None without a completed trial or a kept model."""
-    from search.finalists import champion_trial  # (it builds on this module)
-    from search.holdout import REFIT_ATTR
-
     refit = refit or study.user_attrs.get(REFIT_ATTR)
     best = champion_trial(study)
     if best is None:

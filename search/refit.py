@@ -17,9 +17,8 @@ from typing import Any
 import keras
 import optuna
 
-from search.finalists import champion_trial
-from search.holdout import REFIT_ATTR
-from search.kept import MODEL_ATTR, Keeper, load
+from search.kept import Keeper, load
+from search.records import MODEL_ATTR, REFIT_ATTR, champion_trial
 from search.spec import StudySpec
 from search.tracking import StudyTracker, TrialRecord, drop_model
 from search.training import EarlierTraining, TrialFailed, fresh_keras_session

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
+from collections import deque
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -196,14 +197,15 @@ def _unknown(key: str, known: Any, path: tuple[str, ...], detail: str = "",
 
 
 def _elsewhere(key: str) -> str | None:
-    """A close key of another table (`epochs` is a budget's), as `'epochs' in [budget.<name>]`."""
+    """A close key of another table (`epochs` is a budget's), as `'epochs' in [budget.<name>]`;
+    the shallowest table that has it (breadth first: [budget] before [segmentation.budget])."""
     places: dict[str, str] = {}
-    stack: list[tuple[Table, tuple[str, ...]]] = [(STUDY, ())]
-    while stack:
-        table, path = stack.pop()
+    queue: deque[tuple[Table, tuple[str, ...]]] = deque([(STUDY, ())])
+    while queue:
+        table, path = queue.popleft()
         for name, child in [*table.keys.items(), ("<name>", table.named)]:
             if isinstance(child, Table):
-                stack.append((child, (*path, name)))
+                queue.append((child, (*path, name)))
             elif child is not None and name != "<name>":
                 places.setdefault(name, _where(path))
     close = difflib.get_close_matches(key, list(places), n=1)

@@ -143,49 +143,8 @@ def _build(name: str, raw: dict, text: str, defaults_text: str) -> StudySpec:
     check_consumers(raw["model"], raw.get("fixed", {}), "[fixed]")
     check_consumers(raw["model"], space, "[space]")
     defaults = {k: v for k, v in raw.get("baseline_defaults", {}).items() if k in space}
-    baselines = []
-    for entry in raw.get("baselines", []):
-        params = {**defaults, **{k: v for k, v in entry.items() if k not in BASELINE_KEYS}}
-        params = {k: v for k, v in params.items() if active(k, params, conditions)}
-        unknown = sorted(set(params) - set(space))
-        missing = sorted(p for p in set(space) - set(params) if active(p, params, conditions))
-        if unknown or missing:
-            raise ValueError(
-                f"baseline {entry.get('note', entry)!r}: "
-                + (f"not in the search space: {', '.join(unknown)}. " if unknown else "")
-                + (f"no value (add it or a baseline_defaults entry): {', '.join(missing)}"
-                   if missing else "")
-            )
-        for param, value in params.items():
-            if not contains(space[param], value):
-                raise ValueError(f"baseline {entry.get('note')!r}: {param}={value!r} is outside "
-                                 f"the search space {space[param]}")
-        budgets = entry.get("budgets", list(raw["budget"]))
-        unknown = sorted(set(budgets) - set(raw["budget"]))
-        if unknown:
-            raise ValueError(f"baseline {entry.get('note')!r}: budgets names no budget "
-                             f"{', '.join(unknown)}; known: {', '.join(raw['budget'])}")
-        baselines.append({**params, "note": entry.get("note", ""), "budgets": budgets})
-    for budget, table in raw["budget"].items():
-        if table.get("baselines", 0) < 0:
-            raise ValueError(f"[budget.{budget}] baselines = {table['baselines']}: the number "
-                             "of the study's baselines to queue first, 0 or more")
-    if raw.get("selection", {}).get("top_k", 1) < 1:
-        raise ValueError(f"[selection] top_k = {raw['selection']['top_k']}: the number of the "
-                         "study's best models kept in MLflow, 1 or more (the best is exported)")
-    for key in ("finalists", "reseeds", "folds", "small_data"):
-        if raw.get("selection", {}).get(key, 0) < 0:
-            raise ValueError(f"[selection] {key} = {raw['selection'][key]}: 0 or more")
-    kind = "segmentation" if isinstance(catalog.get(raw["data"]), catalog.MaskSet) else (
-        "classification")
-    from search.training import PRECISIONS  # here: it imports Keras, as the builders' check does
-
-    if raw["training"]["precision"] not in PRECISIONS:
-        raise ValueError(f"[training] precision {raw['training']['precision']!r}: choose one of "
-                         f"{', '.join(PRECISIONS)}")
-    if raw["objective"] not in OBJECTIVES[kind]:
-        raise ValueError(f"objective {raw['objective']!r} is not one for {kind}; choose one of: "
-                         f"{', '.join(OBJECTIVES[kind])}")
+    baselines = _baselines(raw, space, conditions, defaults)
+    _check_settings(raw)
     return StudySpec(
         name=name,
         description=raw.get("description", ""),
@@ -212,6 +171,58 @@ def _build(name: str, raw: dict, text: str, defaults_text: str) -> StudySpec:
         source=text,
         defaults_source=defaults_text,
     )
+
+
+def _baselines(raw: dict, space: dict, conditions: dict[str, str], defaults: dict) -> list[dict]:
+    """The study's baselines, each complete in the search space (or a clear error)."""
+    baselines = []
+    for entry in raw.get("baselines", []):
+        params = {**defaults, **{k: v for k, v in entry.items() if k not in BASELINE_KEYS}}
+        params = {k: v for k, v in params.items() if active(k, params, conditions)}
+        unknown = sorted(set(params) - set(space))
+        missing = sorted(p for p in set(space) - set(params) if active(p, params, conditions))
+        if unknown or missing:
+            raise ValueError(
+                f"baseline {entry.get('note', entry)!r}: "
+                + (f"not in the search space: {', '.join(unknown)}. " if unknown else "")
+                + (f"no value (add it or a baseline_defaults entry): {', '.join(missing)}"
+                   if missing else "")
+            )
+        for param, value in params.items():
+            if not contains(space[param], value):
+                raise ValueError(f"baseline {entry.get('note')!r}: {param}={value!r} is outside "
+                                 f"the search space {space[param]}")
+        budgets = entry.get("budgets", list(raw["budget"]))
+        unknown = sorted(set(budgets) - set(raw["budget"]))
+        if unknown:
+            raise ValueError(f"baseline {entry.get('note')!r}: budgets names no budget "
+                             f"{', '.join(unknown)}; known: {', '.join(raw['budget'])}")
+        baselines.append({**params, "note": entry.get("note", ""), "budgets": budgets})
+    return baselines
+
+
+def _check_settings(raw: dict) -> None:
+    """The budgets', selection's, training's and objective's values, each in its range."""
+    for budget, table in raw["budget"].items():
+        if table.get("baselines", 0) < 0:
+            raise ValueError(f"[budget.{budget}] baselines = {table['baselines']}: the number "
+                             "of the study's baselines to queue first, 0 or more")
+    if raw.get("selection", {}).get("top_k", 1) < 1:
+        raise ValueError(f"[selection] top_k = {raw['selection']['top_k']}: the number of the "
+                         "study's best models kept in MLflow, 1 or more (the best is exported)")
+    for key in ("finalists", "reseeds", "folds", "small_data"):
+        if raw.get("selection", {}).get(key, 0) < 0:
+            raise ValueError(f"[selection] {key} = {raw['selection'][key]}: 0 or more")
+    kind = "segmentation" if isinstance(catalog.get(raw["data"]), catalog.MaskSet) else (
+        "classification")
+    from search.training import PRECISIONS  # here: it imports Keras, as the builders' check does
+
+    if raw["training"]["precision"] not in PRECISIONS:
+        raise ValueError(f"[training] precision {raw['training']['precision']!r}: choose one of "
+                         f"{', '.join(PRECISIONS)}")
+    if raw["objective"] not in OBJECTIVES[kind]:
+        raise ValueError(f"objective {raw['objective']!r} is not one for {kind}; choose one of: "
+                         f"{', '.join(OBJECTIVES[kind])}")
 
 
 def start_params(start: dict, space: dict, conditions: dict[str, str], defaults: dict,

@@ -40,7 +40,7 @@ from mlflow.tracking import MlflowClient
 
 from search import plots
 from search.devices import device_tag
-from search.holdout import REFIT_ATTR, TEST_ATTR
+from search.records import FINALISTS_ATTR, REFIT_ATTR, TEST_ATTR, champion_trial
 from search.stopping import Stuck
 from search.urls import mask_password
 from search.worker import owner_alive, owner_id, resident_mb
@@ -444,7 +444,6 @@ class StudyTracker:
         }
         tags: dict[str, str] = {}
         if metrics["n_complete"]:
-            from search.finalists import FINALISTS_ATTR, champion_trial  # (it builds on this)
 
             best = champion_trial(study)  # the best trial, or the re-checked finalists' pick
             metrics["best_value"] = best.value

@@ -118,7 +118,7 @@ def test_the_champion_is_the_rechecked_pick_only_while_its_finalists_are_the_bes
     models are ranked."""
     from optuna.trial import create_trial
 
-    from search.finalists import champion_trial
+    from search.records import champion_trial
 
     study = optuna.create_study(direction="maximize")
     for value in (0.7, 0.8, 0.8):
