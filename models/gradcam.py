@@ -11,6 +11,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from models.ensemble import members_of
 from models.vgg16 import LAST_CONV
 
 
@@ -21,7 +22,13 @@ def gradcam(
     class_index: np.ndarray | None = None,
 ) -> np.ndarray:
     """Heat maps (N, H, W) in [0, 1] for images (N, H, W, C), for each one's predicted class
-    (or `class_index`). A single sigmoid output counts as the score of class 1."""
+    (or `class_index`). A single sigmoid output counts as the score of class 1. An ensemble's
+    map is the mean of its members' maps, each for the ensemble's predicted class."""
+    members = members_of(model)
+    if members:
+        if class_index is None and model.output_shape[-1] > 1:
+            class_index = np.argmax(model.predict(images, verbose=0), axis=-1)
+        return np.mean([gradcam(m, images, layer, class_index) for m in members], axis=0)
     probe = keras.Model(model.inputs, [model.get_layer(layer).output, model.output])
     images = tf.convert_to_tensor(images, tf.float32)
     with tf.GradientTape() as tape:

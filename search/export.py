@@ -20,7 +20,7 @@ import optuna
 
 from search import kept
 from search.manifest import served_requirements
-from search.records import MODEL_ATTR, REFIT_ATTR, champion_trial
+from search.records import FINALISTS_ATTR, REFIT_ATTR, champion_trial, model_kind
 from search.recovery import open_storage
 from search.spec import StudySpec, load_spec, spec_from_record
 from search.study import (
@@ -46,7 +46,7 @@ class Export:
     trial: int
     recorded: float  # the trial's validation value
     value: float  # the registered model's validation value (the refit's, when it won)
-    champion: str  # "trial" or "refit": which model was registered
+    champion: str  # "trial", "refit" or "ensemble": which model was registered
     model_id: str | None  # the kept model registered (None: a replay of an older study)
     replayed: float | None = None  # the replay's value, with --replay
     tolerance: float | None = None
@@ -89,8 +89,12 @@ def export_best(
             else load_spec(recorded["task"]))  # a study older than the record: today's file
     tolerance = spec.export["tolerance"] if tolerance is None else tolerance
     model_id = kept.champion_id(study)
-    champion = "trial" if model_id == best.user_attrs.get(MODEL_ATTR) else "refit"
-    value = study.user_attrs[REFIT_ATTR]["value"] if champion == "refit" else best.value
+    champion = model_kind(study, best, model_id)
+    value = best.value
+    if champion == "refit":
+        value = study.user_attrs[REFIT_ATTR]["value"]
+    elif champion == "ensemble":  # its mean over the finalists' held-in runs
+        value = study.user_attrs[FINALISTS_ATTR]["ensemble"]["mean"]
     replay = replay or model_id is None  # an older study: nothing kept to load
     params = {"study": study_name, "storage": mask_password(storage), "task": spec.name,
               "trial": best.number, "replay": replay, "image_size": recorded["image_size"],
@@ -105,7 +109,7 @@ def export_best(
     with export_run(f"export {study_name}", params, tags, experiment=experiment or spec.name,
                     tracking_uri=tracking_uri) as run:
         run.log_metrics({"recorded_value": best.value,
-                         **({"refit_value": value} if champion == "refit" else {})})
+                         **({f"{champion}_value": value} if champion != "trial" else {})})
         replayed, model, settings = None, None, None
         if replay:
             replayed, model, settings = _replay(spec, study, best, run, tolerance, tracking_uri,

@@ -27,6 +27,7 @@ import numpy as np
 import optuna
 from sklearn.model_selection import KFold, StratifiedKFold
 
+from search.ensemble import keep_ensemble, validation_outputs, weigh
 from search.kept import Keeper
 from search.problems import make_problem
 from search.records import FINALISTS_ATTR, ranked
@@ -85,7 +86,7 @@ def recheck(spec: StudySpec, keeper: Keeper, study: optuna.Study, tracker: Study
     if done and done["trials"] == top and (done["method"], done["runs"]) == (how, count):
         return done  # a continued study with the same finalists is not retrained
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
-    results, spent = {}, 0
+    results, spent, held = {}, 0, {}
     for number in top:
         trial = trials[number]
         problems = (folds(spec, keeper.problem, count) if how == "folds"
@@ -93,6 +94,9 @@ def recheck(spec: StudySpec, keeper: Keeper, study: optuna.Study, tracker: Study
         runs = [_rerun(spec, problem, study, tracker, trial, k, epochs, how, verbose)
                 for k, problem in enumerate(problems, start=1)]
         spent += sum(r["epochs"] for r in runs)
+        for k, run in enumerate(runs, start=1):  # each run's validation outputs, if it ended
+            if (outputs := run.pop("outputs")) is not None:
+                held.setdefault(k, {})[number] = outputs
         # Folds validate on other images than the search did: the trial's value is not one.
         values = [*([] if how == "folds" else [trial.value]), *(r["value"] for r in runs)]
         results[str(number)] = {
@@ -104,6 +108,10 @@ def recheck(spec: StudySpec, keeper: Keeper, study: optuna.Study, tracker: Study
     champion = max(top, key=lambda n: (results[str(n)]["mean"], -top.index(n)))
     record = {"trials": top, "method": how, "runs": count, "results": results,
               "champion": champion, "epochs": spent + (done or {}).get("epochs", 0)}
+    if spec.selection["ensemble"] and held:
+        record["ensemble"] = weigh(spec, keeper.problem, study, record, held)
+        if record["ensemble"] and record["ensemble"]["chosen"]:
+            keep_ensemble(keeper, study, tracker, record["ensemble"], spec.objective)
     study.set_user_attr(FINALISTS_ATTR, record)
     return record
 
@@ -120,13 +128,14 @@ def _rerun(spec: StudySpec, problem, study: optuna.Study, tracker: StudyTracker,
              "finalist_of_trial": trial.number, how.removesuffix("s"): k, "seed": seed}
     name = f"{study.study_name}-t{trial.number:04d}-{how[0]}{k}"
     chance = problem.chance().get(spec.objective.removeprefix("val_"), 0.0)
-    outcome = {"value": chance, "stopped": None, "epochs": 0}
+    outcome = {"value": chance, "stopped": None, "epochs": 0, "outputs": None}
     try:
         with (tracker.trial_run(record, trial.params, fixed, name=name, kind="finalist") as run,
               fresh_keras_session()):
             result = run_trial(spec, problem, trial.params, run, epochs=epochs,
                                seed=seed, baseline=bool(trial.user_attrs.get("baseline")),
                                verbose=verbose)
+            outcome["outputs"] = validation_outputs(result.model, problem, result.config)
         outcome["value"] = result.value
     except (optuna.TrialPruned, TrialFailed) as stop:  # it did not hold up: counts at chance
         outcome["stopped"] = str(stop)
@@ -147,4 +156,12 @@ def summary_lines(record: Mapping[str, Any], objective: str) -> list[str]:
         stopped = f", {len(r['stopped'])} stopped" if r["stopped"] else ""
         lines.append(f"  #{number:<4} {r['mean']:.4f} ± {r['sd']:.4f} ({r['n']} runs{stopped}; "
                      f"searched {r['searched']:.4f}){mark}")
+    if ensemble := record.get("ensemble"):
+        verdict = ("  <- champion (it beats the best finalist on the same runs)"
+                   if ensemble["chosen"] and ensemble.get("model_id") else
+                   f"; not champion: the best finalist has {ensemble['champion_mean']:.4f} "
+                   "on the same runs")
+        members = ", ".join(f"#{n}" for n in ensemble["members"])
+        lines.append(f"  ensemble of {members}: {ensemble['mean']:.4f} ± {ensemble['sd']:.4f} "
+                     f"({ensemble['n']} held-in runs){verdict}")
     return lines

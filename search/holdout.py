@@ -14,8 +14,8 @@ from typing import Any
 
 import optuna
 
-from search.records import MODEL_ATTR, TEST_ATTR, champion_trial
-from search.training import compiled_model, fresh_keras_session
+from search.records import TEST_ATTR, champion_trial, model_kind
+from search.training import compile_model, compiled_model, fresh_keras_session
 
 
 def judge_best(spec, problem, study: optuna.Study, tracking_uri: str | None,
@@ -34,20 +34,25 @@ def judge_best(spec, problem, study: optuna.Study, tracking_uri: str | None,
     model_id = kept.champion_id(study, refit)  # (an earlier run's refit, as export reads it)
     if model_id is None:
         return None
-    model_kind = "trial" if model_id == best.user_attrs.get(MODEL_ATTR) else "refit"
+    kind = model_kind(study, best, model_id)
     recorded = study.user_attrs.get(TEST_ATTR)
     if recorded and recorded.get("model_id") == model_id:
         return recorded  # judged once: a continued study with the same pick is not rescored
     config = problem.config(best.params)
     with fresh_keras_session():
-        model = compiled_model(spec, problem, config)
         try:
-            model.set_weights(kept.load(model_id, tracking_uri).get_weights())
+            loaded = kept.load(model_id, tracking_uri)
         except ValueError as error:  # its tracking store is out of reach: say so, go on
             warnings.warn(f"the test split was not judged: {error}", stacklevel=2)
             return None
+        if kind == "ensemble":  # one model of several: compiled as it was kept
+            model = loaded
+            compile_model(model, config, *problem.loss_and_metrics(config))
+        else:  # rebuilt in the study's precision, with the kept weights
+            model = compiled_model(spec, problem, config)
+            model.set_weights(loaded.get_weights())
         scores = model.evaluate(problem.test_dataset(config), return_dict=True, verbose=0)
-    result = {"trial": best.number, "model": model_kind, "model_id": model_id,
+    result = {"trial": best.number, "model": kind, "model_id": model_id,
               "n_test": len(problem.data.extra["y_test"]),
               **{f"test_{k}": float(v) for k, v in scores.items()}}
     study.set_user_attr(TEST_ATTR, result)

@@ -19,7 +19,7 @@ import keras
 import optuna
 
 from search.manifest import served_requirements
-from search.records import MODEL_ATTR, REFIT_ATTR, champion_trial, ranked
+from search.records import MODEL_ATTR, REFIT_ATTR, champion_trial, ensemble_id, ranked
 from search.spec import StudySpec
 from search.tracking import TrialRun, drop_model, kept_model, live_models
 
@@ -86,9 +86,12 @@ class Keeper:
 
 
 def champion_id(study: optuna.Study, refit: Mapping[str, Any] | None = None) -> str | None:
-    """The id of the study's champion model: its refit's (`refit`, else the study's refit
-    record) when the refit beat the champion trial (the best, or the re-checked finalists'
-    best), else that trial's; None without a completed trial or a kept model."""
+    """The id of the study's champion model: the finalists' ensemble's when it is champion,
+    else its refit's (`refit`, else the study's refit record) when the refit beat the champion
+    trial (the best, or the re-checked finalists' best), else that trial's; None without a
+    completed trial or a kept model."""
+    if ensemble := ensemble_id(study):  # the finalists averaged beat the best on held-in runs
+        return ensemble
     refit = refit or study.user_attrs.get(REFIT_ATTR)
     best = champion_trial(study)
     if best is None:

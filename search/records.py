@@ -29,7 +29,28 @@ def champion_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
     order = ranked(study)
     if not order:
         return None
-    record = study.user_attrs.get(FINALISTS_ATTR)
-    current = record and record["trials"] == order[:len(record["trials"])]
-    number = record["champion"] if current else order[0]
+    record = current_finalists(study, order)
+    number = record["champion"] if record else order[0]
     return next(t for t in study.get_trials(deepcopy=False) if t.number == number)
+
+
+def current_finalists(study: optuna.Study, order: list[int] | None = None) -> dict | None:
+    """The study's finalists record while its trials are still the study's best (`order`:
+    `ranked(study)`, if known), else None."""
+    record = study.user_attrs.get(FINALISTS_ATTR)
+    order = ranked(study) if order is None else order
+    return record if record and record["trials"] == order[:len(record["trials"])] else None
+
+
+def ensemble_id(study: optuna.Study) -> str | None:
+    """The kept ensemble's model id while the ensemble is the champion (`search.ensemble`)."""
+    ensemble = (current_finalists(study) or {}).get("ensemble") or {}
+    return ensemble.get("model_id") if ensemble.get("chosen") else None
+
+
+def model_kind(study: optuna.Study, best: optuna.trial.FrozenTrial, model_id: str | None) -> str:
+    """Which champion `model_id` is: the finalists' "ensemble", the `best` "trial"'s own
+    model, or its "refit"."""
+    if model_id is not None and model_id == ensemble_id(study):
+        return "ensemble"
+    return "trial" if model_id == best.user_attrs.get(MODEL_ATTR) else "refit"

@@ -18,7 +18,7 @@ import keras
 import optuna
 
 from search.kept import Keeper, load
-from search.records import MODEL_ATTR, REFIT_ATTR, champion_trial
+from search.records import MODEL_ATTR, REFIT_ATTR, champion_trial, ensemble_id
 from search.spec import StudySpec
 from search.tracking import StudyTracker, TrialRecord, drop_model
 from search.training import EarlierTraining, TrialFailed, fresh_keras_session
@@ -31,6 +31,9 @@ def refit_best(spec: StudySpec, keeper: Keeper, study: optuna.Study, tracker: St
     completed trial, no kept model, or it already trained that long)."""
     best = champion_trial(study)  # the best trial, or the re-checked finalists' champion
     if best is None:
+        return None
+    if ensemble_id(study):  # a refit continues one model; the finalists' average beat it
+        print("medtune: no refit: the finalists' ensemble is the champion", flush=True)
         return None
     done = study.user_attrs.get(REFIT_ATTR)
     if done and done["trial"] == best.number and done["epochs"] == epochs:

@@ -202,10 +202,10 @@ class TrialRun:
         model.summary(print_fn=lambda line, **_: out.write(line + "\n"))
         self.log_text(out.getvalue(), "model_summary.txt")
 
-    def log_metrics(self, metrics: Mapping[str, float]) -> None:
+    def log_metrics(self, metrics: Mapping[str, float], step: int = 0) -> None:
         stamp = _now_ms()
         self.client.log_batch(
-            self.run_id, metrics=[Metric(k, float(v), stamp, 0) for k, v in metrics.items()]
+            self.run_id, metrics=[Metric(k, float(v), stamp, step) for k, v in metrics.items()]
         )
 
     def log_figure(self, figure: plt.Figure, path: str) -> None:

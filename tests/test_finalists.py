@@ -128,3 +128,59 @@ def test_the_champion_is_the_rechecked_pick_only_while_its_finalists_are_the_bes
     assert champion_trial(study).number == 2  # the re-check's pick
     study.add_trial(create_trial(value=0.9))
     assert champion_trial(study).number == 3  # passed since: the re-check no longer holds
+
+
+def test_the_finalists_ensemble_is_weighed_on_their_folds_and_taken_as_one_model(
+        workdir, tiny_skin, capsys, monkeypatch):
+    """Two finalists on 3 folds: the ensemble of their fold models is scored on each fold's
+    images beside the champion's own runs. Where it wins, it is the champion the test split,
+    export and the summary take; the win is forced here (its real verdict is checked), so the
+    path is tested whatever the tiny data decides."""
+    import search.finalists
+    from search import ensemble as ensemble_module
+
+    skin = tiny_skin / "Lab2" / "Skin"
+    shutil.copytree(skin / "validation", skin / "test")
+    task = study_file(workdir, "folds = 3")
+    text = Path(task).read_text().replace('loss = { choices = ["bce", "hinge"] }',
+                                          'loss = { choices = ["bce"] }')  # members share a loss
+    Path(task).write_text(text)
+    verdicts = []
+
+    def weigh_and_take(*args, **kwargs):
+        weighed = ensemble_module.weigh(*args, **kwargs)
+        verdicts.append(dict(weighed))
+        return {**weighed, "chosen": True}
+
+    monkeypatch.setattr(search.finalists, "weigh", weigh_and_take)
+    assert tune(workdir, "--task", task, "--n-trials", "3", "--finalists", "2",
+                "--refit-epochs", "4", "--data-dir", str(tiny_skin)) == 0
+    out = capsys.readouterr().out
+    study = optuna.load_study(study_name="lenet_skin", storage=f"sqlite:///{workdir}/optuna.db")
+    record = study.user_attrs["medtune_finalists"]
+    (real,) = verdicts
+    ensemble = record["ensemble"]
+    assert ensemble["members"] == [record["champion"]] + [
+        n for n in record["trials"] if n != record["champion"]]
+    assert ensemble["n"] == len(ensemble["values"]) == 3
+    assert ensemble["mean"] == pytest.approx(sum(ensemble["values"]) / 3)
+    assert ensemble["champion_mean"] == pytest.approx(
+        record["results"][str(record["champion"])]["mean"])
+    assert real["chosen"] == (real["mean"] > real["champion_mean"])
+    assert f"ensemble of #{ensemble['members'][0]}, #{ensemble['members'][1]}" in out
+    assert "no refit: the finalists' ensemble is the champion" in out
+    # The test split judged the ensemble, as one model; its child run holds the held-in values.
+    test = study.user_attrs["medtune_test"]
+    assert test["model"] == "ensemble" and test["model_id"] == ensemble["model_id"]
+    client, _, children = runs(workdir)
+    (run,) = [c for c in children if c.data.tags["medtune.kind"] == "ensemble"]
+    assert run.info.run_id == ensemble["run_id"]
+    assert [m.value for m in client.get_metric_history(run.info.run_id, "held_in_accuracy")
+            ] == pytest.approx(ensemble["values"])
+    # Export registers it; the served model takes raw images as a single model does.
+    assert main(["export", "--study", "lenet_skin", "--storage", f"sqlite:///{workdir}/optuna.db",
+                 "--tracking-uri", f"sqlite:///{workdir}/mlflow.db"]) == 0
+    (exported,) = [r for r in runs(workdir)[1] if r.data.tags.get("medtune.kind") == "export"]
+    assert exported.data.tags["medtune.champion"] == "ensemble"
+    assert exported.data.tags["medtune.model_id"] == ensemble["model_id"]
+    assert exported.data.metrics["ensemble_value"] == pytest.approx(ensemble["mean"])
