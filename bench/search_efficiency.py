@@ -65,12 +65,16 @@ BUDGETS: dict[str, dict[str, Any]] = {
     "full": {"data": ["knee", "pneumonia", "breast"], "seeds": 5, "budget": 300,
              "epochs": None, "image_size": 64},
 }
+FINALISTS = 3  # the candidate default for `[selection] finalists`
 ENGINES = {
     "medtune": "medtune's default study",
     "random": "Optuna random search, no pruning, no baselines",
     "keras-tuner": "Keras Tuner Hyperband (factor: [pruner] reduction_factor, "
                    "max epochs = epochs per trial)",
     "lab-grid": "the lab baselines alone, each at the lab's epochs, truncated to the budget",
+    "medtune-finalists": f"medtune's default study with its best {FINALISTS} finalists "
+                         "re-checked at the end (fewer where their re-runs would take more than "
+                         "[selection] share of the budget), the ensemble where it wins",
 }
 MEDMNIST = {"pneumonia": "pneumoniamnist.npz", "breast": "breastmnist.npz"}
 MEDMNIST_DIR = common.REPO.parent / "shared" / "data" / "medmnist"
@@ -238,6 +242,8 @@ def variants(spec: StudySpec) -> dict[str, Any]:
         "random": changed("random sampler, no pruner, no baselines, no start", baselines=[],
                           start={}, sampler={"type": "random"}, pruner={"type": "none"}),
         "keras-tuner": spec,
+        "medtune-finalists": changed(f"finalists = {FINALISTS}", selection={
+            **spec.selection, "finalists": FINALISTS}),
         # Every baseline, whichever budgets the file marks it for: a study queues only those
         # marked for its budget, and one left unqueued would be a sampled trial instead. The
         # grid trains as the lab does, with early stopping but without medtune's stuck stop (a
@@ -251,9 +257,11 @@ def variants(spec: StudySpec) -> dict[str, Any]:
 
 
 def run_engine(engine: str, specs: dict, data: DataSet, seed: int, budget: dict, tmp: Path,
-               mlflow_url: str, scores: HeldOutScores) -> tuple[list[Trial], float]:
+               mlflow_url: str, scores: HeldOutScores
+               ) -> tuple[list[Trial], float, dict[str, Any] | None]:
     """Run one engine's study (the grid: one study per baseline) to the epoch budget; its
-    trials in the order they ran, and its wall time without the benchmark's test scoring."""
+    trials in the order they ran, its wall time without the benchmark's test scoring, and
+    where the study re-checked finalists, its champion (`champion_of`)."""
     from search.settings import resolve_settings
     from search.study import run_study
 
@@ -262,6 +270,7 @@ def run_engine(engine: str, specs: dict, data: DataSet, seed: int, budget: dict,
     common_settings = {"storage": storage, "data_dir": data.data_dir, "timeout": 0,
                        "image_size": budget["image_size"]}
     trials: list[Trial] = []
+    champion = None
     started, scored = time.perf_counter(), scores.seconds
     if engine == "lab-grid":
         spec = specs["medtune"]
@@ -291,8 +300,27 @@ def run_engine(engine: str, specs: dict, data: DataSet, seed: int, budget: dict,
         study, _ = run_study(spec, settings, tracking_uri=mlflow_url, experiment=EXPERIMENT,
                              verbose=False, show_progress_bar=False)
         trials = records(study, engine)
+        champion = champion_of(study) if spec.selection["finalists"] else None
     wall = time.perf_counter() - started - (scores.seconds - scored)
-    return trials, wall
+    return trials, wall, champion
+
+
+def champion_of(study: optuna.Study) -> dict[str, Any] | None:
+    """A re-checked study's champion as the study reports it: the finalist with the best mean
+    (or their ensemble), its mean, SD and runs, its kept model, and the re-runs' epochs."""
+    from search.kept import champion_id
+    from search.records import FINALISTS_ATTR, champion_trial, ensemble_id
+
+    record = study.user_attrs.get(FINALISTS_ATTR)
+    best = champion_trial(study)
+    if not record or best is None:
+        return None
+    ensemble = bool(ensemble_id(study))
+    chosen = record["ensemble"] if ensemble else record["results"][str(best.number)]
+    return {"trial": best.number, "params": dict(best.params), "ensemble": ensemble,
+            "reported": chosen["mean"], "sd": chosen["sd"], "runs": chosen["n"],
+            "finalists": len(record["trials"]), "method": record["method"],
+            "model_id": champion_id(study), "epochs": record["epochs"]}
 
 
 # --------------------------------------------------------------------------- the ledger
@@ -502,10 +530,12 @@ def run(args: argparse.Namespace) -> common.Result:
                         args.missing.append(f"{data.name} {engine} seed {seed}")
                         continue
                     else:
-                        trials, wall = run_engine(engine, specs, data, seed, budget, Path(tmp),
-                                                  mlflow_url, scores)
+                        trials, wall, champion = run_engine(engine, specs, data, seed, budget,
+                                                            Path(tmp), mlflow_url, scores)
                         row = judge(engine, trials, wall, data, seed, budget, spec, problem,
                                     scores)
+                        if champion:
+                            rechecked(row, champion, problem, data, mlflow_url)
                         done, how = ledger.add(cell, row, row.pop("curve")), "trained"
                     row, curve = {**done["row"], "code": done["code"]}, done["curve"]
                     curves[(data.name, engine, seed)] = curve
@@ -552,12 +582,43 @@ def judge(engine: str, trials: list[Trial], wall: float, data: DataSet, seed: in
     return row
 
 
+def rechecked(row: dict[str, Any], champion: dict[str, Any], problem: Classification,
+              data: DataSet, mlflow_url: str) -> None:
+    """A re-checked study's row: its champion (not the search's best trial) is the pick, its
+    finalists' mean the value it reports, and its kept model what the test split judges; the
+    re-runs' epochs count as spent."""
+    from search.kept import load
+    from search.training import fresh_keras_session
+
+    with fresh_keras_session():
+        model = load(champion["model_id"], mlflow_url)
+        test = accuracy_on(model, data.x_test, data.y_test, problem.config(champion["params"]),
+                           problem.data.n_classes)
+    row.update({
+        "picked": f"{row['picked'].split(' t')[0]} t{champion['trial']}"
+                  + (" ensemble" if champion["ensemble"] else ""),
+        "params": json.dumps(champion["params"], sort_keys=True, default=str),
+        "test": test, "test_from": "champion's kept model" + (
+            " (the finalists' ensemble)" if champion["ensemble"] else ""),
+        "reported": champion["reported"], "reported_sd": champion["sd"],
+        "reported_runs": champion["runs"], "finalists": champion["finalists"],
+        "recheck": champion["method"], "epochs_spent": row["epochs_spent"] + champion["epochs"],
+        "recheck_epochs": champion["epochs"]})
+
+
 def summarize(args: argparse.Namespace, budget: dict, engines: list[str], sets: list[DataSet],
               seeds: list[int], spec: StudySpec, rows: list[dict],
               curves: dict[tuple[str, str, int], list[float]]) -> common.Result:
     import pandas as pd
 
     runs = pd.DataFrame(rows)
+    # The value an engine reports for its pick: the finalists' mean where it re-checked them,
+    # else the best validation value (older ledger rows have no `reported`).
+    runs["reported"] = runs.get("reported", runs["best_val"]).fillna(runs["best_val"])
+    runs["drop"] = runs["reported"] - runs["test"]
+    if "reported_sd" in runs:
+        runs["within_sd"] = (runs["drop"].abs() <= runs["reported_sd"]).where(
+            runs["reported_sd"].notna())
     picked = runs[["data", "engine", "seed", "picked", "best_val", "params"]]
     runs = runs.drop(columns="params")
     grid = "lab-grid" in engines
@@ -578,6 +639,9 @@ def summarize(args: argparse.Namespace, budget: dict, engines: list[str], sets: 
             "best_val_median": g["best_val"].median(), "best_val_min": g["best_val"].min(),
             "best_val_max": g["best_val"].max(), "test_median": g["test"].median(),
             "test_min": g["test"].min(), "test_max": g["test"].max(),
+            "drop_median": g["drop"].median(),
+            "within_sd": (f"{int(g['within_sd'].sum())}/{int(g['within_sd'].notna().sum())}"
+                          if "within_sd" in g and g["within_sd"].notna().any() else "-"),
             "wall_median_s": g["wall_s"].median(), "epochs_spent_median":
             g["epochs_spent"].median(), "complete_median": g["complete"].median(),
             "pruned_median": g["pruned"].median(), "stuck_median": g["stuck"].median(),

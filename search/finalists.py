@@ -39,10 +39,26 @@ from search.trial import fixed_params, run_trial
 SEED_STRIDE = 100_003  # re-run k of a trial seeded `seed + k * SEED_STRIDE`: no other trial's
 
 
-def room(spec: StudySpec, problem, finalists: int, epochs: int):
+def room(spec: StudySpec, problem, finalists: int, epochs: int, budget: int | None):
     """What the search keeps for its finalists (a function of the study, for `EpochBudget`)."""
+    runs = method(spec, problem)[1]
+
+    def kept(study: optuna.Study) -> int:  # the search keeps (1 - share) of a budget at least
+        n = planned(spec, problem, study, finalists, epochs, budget)
+        wanted = reserve(study, n, runs, epochs) if n else 0
+        return min(wanted, int(spec.selection["share"] * budget)) if budget else wanted
+    return kept
+
+
+def planned(spec: StudySpec, problem, study: optuna.Study, finalists: int, epochs: int,
+            budget: int | None) -> int:
+    """How many finalists the study re-checks: `finalists` (at most `top_k`), fewer where their
+    re-runs would take more than `[selection] share` of an epoch budget (one at least): a
+    re-check that left the search no epochs would re-check little worth having."""
     n, runs = min(finalists, spec.selection["top_k"]), method(spec, problem)[1]
-    return lambda study: reserve(study, n, runs, epochs) if n else 0
+    while budget and n > 1 and reserve(study, n, runs, epochs) > spec.selection["share"] * budget:
+        n -= 1
+    return n
 
 
 def method(spec: StudySpec, problem) -> tuple[str, int]:
@@ -55,10 +71,11 @@ def method(spec: StudySpec, problem) -> tuple[str, int]:
 
 def reserve(study: optuna.Study, finalists: int, runs: int, epochs: int) -> int:
     """Epochs to keep for the re-check of `finalists` trials (`top_k` at most: pass it so) of
-    `runs` runs each: a re-run trains about as long as a completed trial."""
+    `runs` runs each: a re-run trains about as long as a completed trial (none before the
+    first trial completes: there is nothing to re-check yet)."""
     done = [t.user_attrs.get("epochs_run", epochs) for t in study.get_trials(
         deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))]
-    return round(finalists * runs * (statistics.mean(done) if done else epochs))
+    return round(finalists * runs * statistics.mean(done)) if done else 0
 
 
 def folds(spec: StudySpec, problem, k: int) -> Iterator:
@@ -75,11 +92,12 @@ def folds(spec: StudySpec, problem, k: int) -> Iterator:
 
 
 def recheck(spec: StudySpec, keeper: Keeper, study: optuna.Study, tracker: StudyTracker, *,
-            finalists: int, epochs: int, verbose: bool = True) -> dict[str, Any] | None:
+            finalists: int, epochs: int, budget: int | None = None, verbose: bool = True
+            ) -> dict[str, Any] | None:
     """Train the study's best `finalists` configurations again and name the champion; the
     record (also the study's `medtune_finalists` attr), or None when there is nothing to do."""
     how, count = method(spec, keeper.problem)
-    top = ranked(study)[:min(finalists, spec.selection["top_k"])]
+    top = ranked(study)[:planned(spec, keeper.problem, study, finalists, epochs, budget)]
     if not top or not count:
         return None
     done = study.user_attrs.get(FINALISTS_ATTR)

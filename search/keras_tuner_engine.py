@@ -119,7 +119,8 @@ class _Hyperband(keras_tuner.Hyperband):
         timed_out = (settings.timeout is not None
                      and time.monotonic() - self.started > settings.timeout)
         spent = EpochBudget(settings.epoch_budget, room(
-            self.job.spec, self.job.problem, settings.finalists, settings.epochs)).spent(study)
+            self.job.spec, self.job.problem, settings.finalists, settings.epochs,
+            settings.epoch_budget)).spent(study)
         if timed_out or spent or counted_trials(study) >= settings.n_trials:
             self.oracle.max_trials = len(self.oracle.trials)  # the oracle then says STOPPED
 

@@ -41,7 +41,8 @@ def search(job: StudyRun) -> None:
     failures = FailureCount(max(1, settings.n_trials - counted_trials(study)))
     # A budgeted study keeps room for its finalists' re-runs.
     budget = EpochBudget(settings.epoch_budget,
-                         room(job.spec, job.problem, settings.finalists, settings.epochs))
+                         room(job.spec, job.problem, settings.finalists, settings.epochs,
+                              settings.epoch_budget))
     guard = [job.guard] if job.guard else []
     try:
         with frozen_heap():

@@ -213,6 +213,9 @@ def _check_settings(raw: dict) -> None:
     for key in ("finalists", "reseeds", "folds", "small_data"):
         if raw.get("selection", {}).get(key, 0) < 0:
             raise ValueError(f"[selection] {key} = {raw['selection'][key]}: 0 or more")
+    if not 0 < raw.get("selection", {}).get("share", 1) <= 1:
+        raise ValueError(f"[selection] share = {raw['selection']['share']}: the most of an epoch "
+                         "budget the finalists' re-runs may take, above 0 and at most 1")
     kind = "segmentation" if isinstance(catalog.get(raw["data"]), catalog.MaskSet) else (
         "classification")
     from search.training import PRECISIONS  # here: it imports Keras, as the builders' check does

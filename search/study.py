@@ -225,7 +225,7 @@ def run_study(
             return study, tracker  # restarting with fresh memory: the study goes on
         if settings.finalists and settings.study_end:  # the best few again: a pick that holds
             recheck(spec, keeper, study, tracker, finalists=settings.finalists,
-                    epochs=settings.epochs, verbose=verbose)
+                    epochs=settings.epochs, budget=settings.epoch_budget, verbose=verbose)
         refit = None
         if settings.refit_epochs:
             refit = refit_best(spec, keeper, study, tracker, settings.refit_epochs,

@@ -216,8 +216,15 @@ def test_search_efficiency_smoke(tmp_path, monkeypatch):
     for row in rows:
         assert 0 <= float(row["best_val"]) <= 1 and 0 <= float(row["test"]) <= 1
         assert int(row["epochs_spent"]) >= budget and int(row["complete"]) >= 1
-    # Every engine's trial is `run_trial`: its own model is scored, nothing is replayed.
-    assert {r["test_from"] for r in rows} == {"trial's model"}
+    # Every engine's trial is `run_trial`: its own model is scored, nothing is replayed; the
+    # re-checked study's pick is its champion, with the mean and SD it reports.
+    assert {r["test_from"] for r in rows if r["engine"] != "medtune-finalists"} == {
+        "trial's model"}
+    (rechecked,) = [r for r in rows if r["engine"] == "medtune-finalists"]
+    assert rechecked["test_from"].startswith("champion's kept model")
+    assert float(rechecked["reported_runs"]) >= 2 and float(rechecked["reported_sd"]) >= 0
+    assert float(rechecked["drop"]) == pytest.approx(
+        float(rechecked["reported"]) - float(rechecked["test"]))
     columns, rows = table(client, "search", "summary", tmp_path)
     assert {"best_val_median", "best_val_min", "best_val_max", "test_median", "wall_median_s",
             "complete_median", "pruned_median", "epochs_to_grid_best_median"} <= set(columns)
@@ -249,12 +256,13 @@ def test_search_efficiency_smoke(tmp_path, monkeypatch):
     ledger.write_text("\n".join(lines) + "\n")
     smoke(search_efficiency, tmp_path, monkeypatch, "--from-ledger", "--seeds", "2")
     _, partial = table(client, "search", "runs", tmp_path)
-    assert [r["engine"] for r in partial] == ["medtune", "random", "keras-tuner"]
+    assert [r["engine"] for r in partial] == ["medtune", "random", "keras-tuner",
+                                              "medtune-finalists"]
     assert {r["grid_epochs"] for r in partial} <= {"", "nan"}  # no grid run: unknown, not 0
     _, (goal,) = table(client, "search", "goal", tmp_path)
     assert "within_third" not in goal and goal["as_good_as_all"] in ("True", "False")
     text = section(tmp_path, "search")
-    assert "**Partial** (`--from-ledger`): 3 of 8 runs" in text
+    assert "**Partial** (`--from-ledger`): 4 of 10 runs" in text
     assert "medmnist lab-grid seed 0; medmnist medtune seed 1" in text
     with pytest.raises(SystemExit, match="holds none of these runs"):
         smoke(search_efficiency, tmp_path, monkeypatch, "--from-ledger",

@@ -184,3 +184,34 @@ def test_the_finalists_ensemble_is_weighed_on_their_folds_and_taken_as_one_model
     assert exported.data.tags["medtune.champion"] == "ensemble"
     assert exported.data.tags["medtune.model_id"] == ensemble["model_id"]
     assert exported.data.metrics["ensemble_value"] == pytest.approx(ensemble["mean"])
+
+
+def test_an_epoch_budget_re_checks_fewer_finalists_than_would_swallow_it():
+    """Completed trials of 40 epochs, 3 folds a finalist: 3 finalists would take 360 epochs,
+    2 take 240; under 300 epochs and `share = 0.5` (150) one is re-checked; without a budget,
+    or with a share that admits them, all three are. The search keeps the other half of a
+    budget whatever the re-check wants."""
+    import dataclasses
+    from types import SimpleNamespace
+
+    import numpy as np
+    from optuna.trial import create_trial
+
+    from search.finalists import planned, room
+    from search.spec import load_spec
+
+    spec = load_spec("lenet_skin")
+    spec = dataclasses.replace(spec, selection={**spec.selection, "top_k": 3, "folds": 3,
+                                                 "small_data": 3000, "share": 0.5})
+    problem = SimpleNamespace(data=SimpleNamespace(y_train=np.zeros(800), y_val=np.zeros(200)))
+    study = optuna.create_study(direction="maximize")
+    for value in (0.7, 0.8, 0.75):
+        study.add_trial(create_trial(value=value, user_attrs={"epochs_run": 40}))
+    assert planned(spec, problem, study, 3, 200, 300) == 1
+    assert room(spec, problem, 3, 200, 300)(study) == 120
+    assert room(spec, problem, 3, 200, 200)(study) == 100  # 120 wanted: the search keeps half
+    assert room(spec, problem, 3, 200, 300)(optuna.create_study()) == 0  # nothing done yet
+    assert planned(spec, problem, study, 3, 200, None) == 3
+    assert planned(spec, problem, study, 3, 200, 800) == 3  # 360 <= 400
+    wide = dataclasses.replace(spec, selection={**spec.selection, "share": 0.8})
+    assert planned(wide, problem, study, 3, 200, 300) == 2  # 240 <= 240
