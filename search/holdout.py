@@ -38,22 +38,32 @@ def judge_best(spec, problem, study: optuna.Study, tracking_uri: str | None,
     recorded = study.user_attrs.get(TEST_ATTR)
     if recorded and recorded.get("model_id") == model_id:
         return recorded  # judged once: a continued study with the same pick is not rescored
-    config = problem.config(best.params)
-    with fresh_keras_session():
-        try:
-            loaded = kept.load(model_id, tracking_uri)
-        except ValueError as error:  # its tracking store is out of reach: say so, go on
-            warnings.warn(f"the test split was not judged: {error}", stacklevel=2)
-            return None
-        if kind == "ensemble":  # one model of several: compiled as it was kept
-            model = loaded
-            compile_model(model, config, *problem.loss_and_metrics(config))
-        else:  # rebuilt in the study's precision, with the kept weights
-            model = compiled_model(spec, problem, config)
-            model.set_weights(loaded.get_weights())
-        scores = model.evaluate(problem.test_dataset(config), return_dict=True, verbose=0)
+    try:
+        scores = test_scores(spec, problem, best.params, model_id, tracking_uri,
+                             ensemble=kind == "ensemble")
+    except ValueError as error:  # its tracking store is out of reach: say so, go on
+        warnings.warn(f"the test split was not judged: {error}", stacklevel=2)
+        return None
     result = {"trial": best.number, "model": kind, "model_id": model_id,
               "n_test": len(problem.data.extra["y_test"]),
               **{f"test_{k}": float(v) for k, v in scores.items()}}
     study.set_user_attr(TEST_ATTR, result)
     return result
+
+
+def test_scores(spec, problem, params: dict[str, Any], model_id: str, tracking_uri: str | None,
+                *, ensemble: bool = False) -> dict[str, float]:
+    """Every compiled metric of kept model `model_id` (a trial's with `params`, or an
+    ensemble) on the test split; a ValueError where MLflow cannot give the model."""
+    from search import kept
+
+    config = problem.config(params)
+    with fresh_keras_session():
+        loaded = kept.load(model_id, tracking_uri)
+        if ensemble:  # one model of several: compiled as it was kept
+            model = loaded
+            compile_model(model, config, *problem.loss_and_metrics(config))
+        else:  # rebuilt in the study's precision, with the kept weights
+            model = compiled_model(spec, problem, config)
+            model.set_weights(loaded.get_weights())
+        return model.evaluate(problem.test_dataset(config), return_dict=True, verbose=0)

@@ -19,7 +19,14 @@ import keras
 import optuna
 
 from search.manifest import served_requirements
-from search.records import MODEL_ATTR, REFIT_ATTR, champion_trial, ensemble_id, ranked
+from search.records import (
+    MODEL_ATTR,
+    REFIT_ATTR,
+    champion_trial,
+    ensemble_id,
+    lab_recipe,
+    ranked,
+)
 from search.spec import StudySpec
 from search.tracking import TrialRun, drop_model, kept_model, live_models
 
@@ -59,10 +66,11 @@ class Keeper:
     def keep_if_top(self, study: optuna.Study, trial: _Trial, run: TrialRun, result
                     ) -> str | None:
         """Keep `result`'s model if `trial` (ending with `result.value`) is among the study's
-        best `top_k`, and delete the models of the trials it pushes out. Returns the kept id."""
-        top_k = self.spec.selection["top_k"]
+        best `top_k`, or is the lab's first recipe (the report's bar), and delete the models of
+        the trials it pushes out. Returns the kept id."""
+        top_k, lab = self.spec.selection["top_k"], lab_recipe(study)
         order = ranked(study, (trial.number, result.value))
-        if trial.number not in order[:top_k]:
+        if trial.number not in order[:top_k] and trial.number != lab:
             return None
         try:
             model_id = self.keep(run, study.study_name, result, "trial")
@@ -72,7 +80,7 @@ class Keeper:
             return None
         trial.set_user_attr(MODEL_ATTR, model_id)
         fallen = [t.user_attrs[MODEL_ATTR] for t in study.get_trials(deepcopy=False)
-                  if t.number in order[top_k:] and MODEL_ATTR in t.user_attrs]
+                  if t.number in order[top_k:] and t.number != lab and MODEL_ATTR in t.user_attrs]
         if fallen:
             experiment = run.client.get_run(run.run_id).info.experiment_id
             live = live_models(run.client, experiment, study.study_name)

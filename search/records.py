@@ -54,3 +54,10 @@ def model_kind(study: optuna.Study, best: optuna.trial.FrozenTrial, model_id: st
     if model_id is not None and model_id == ensemble_id(study):
         return "ensemble"
     return "trial" if model_id == best.user_attrs.get(MODEL_ATTR) else "refit"
+
+
+def lab_recipe(study: optuna.Study) -> int | None:
+    """The number of the study's first lab baseline (the lab's first recipe), if it has one:
+    its model is kept beside the best `top_k` as the bar the report sets the champion against."""
+    return min((t.number for t in study.get_trials(deepcopy=False)
+                if t.user_attrs.get("baseline")), default=None)

@@ -61,9 +61,19 @@ def test_the_best_trials_keep_their_models_and_a_model_pushed_out_is_deleted(wor
         db.execute("UPDATE trial_values SET value = -1")
     assert tune(workdir, *data, "--n-trials", "2") == 0
     second = finished(workdir, "lenet_kept")[1]
-    assert second.state == TS.COMPLETE
-    assert kept_models(client, "lenet_kept") == {second.user_attrs["model_id"]: "lenet_kept-t0001"}
-    assert not any(files.rglob("*"))  # trial 0's files went with its model
+    assert second.state == TS.COMPLETE and first.user_attrs["baseline"]
+    # Trial 0, the lab's first recipe, keeps its model beside the top 1: the report's bar.
+    assert kept_models(client, "lenet_kept") == {second.user_attrs["model_id"]: "lenet_kept-t0001",
+                                                 model.model_id: "lenet_kept-t0000"}
+    second_files = Path(client.get_logged_model(second.user_attrs["model_id"])
+                        .artifact_location.removeprefix("file://"))
+    with sqlite3.connect(workdir / "optuna.db") as db:  # trials 0 and 1 now rank below trial 2
+        db.execute("UPDATE trial_values SET value = -1")
+    assert tune(workdir, *data, "--n-trials", "3") == 0
+    third = finished(workdir, "lenet_kept")[2]
+    assert kept_models(client, "lenet_kept") == {third.user_attrs["model_id"]: "lenet_kept-t0002",
+                                                 model.model_id: "lenet_kept-t0000"}
+    assert not any(second_files.rglob("*"))  # trial 1's files went with its model
 
 
 def test_another_machine_refits_judges_and_exports_from_mlflow_without_retraining(
@@ -112,7 +122,8 @@ def test_another_machine_refits_judges_and_exports_from_mlflow_without_retrainin
     live = kept_models(client, "lenet_kept")
     ranked = sorted(study.get_trials(states=(TS.COMPLETE,)), key=lambda t: (-t.value, t.number))
     assert {t.user_attrs["model_id"] for t in ranked[:2]} <= set(live)
-    assert len(live) == 2 + refit["champion"]
+    lab = min(t.number for t in study.trials if t.user_attrs.get("baseline"))  # kept beside
+    assert len(live) == 2 + refit["champion"] + (lab not in [t.number for t in ranked[:2]])
 
     out = medtune("host_b", "export", "--study", "lenet_kept", "--name", "kept_skin")
     assert f"kept in MLflow as models:/{test['model_id']}" in out and "replayed" not in out
