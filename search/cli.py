@@ -98,6 +98,18 @@ def parser() -> argparse.ArgumentParser:
     compare.add_argument("--experiment", default="medtune")
     compare.add_argument("--tracking-uri", type=_optional(str))
 
+    report = commands.add_parser(
+        "report", help="the lab report of a study (HTML and Markdown), or of several compared")
+    which = report.add_mutually_exclusive_group(required=True)
+    which.add_argument("--study", help="study name (the task's name, unless tune --study)")
+    which.add_argument("--compare", nargs="+", metavar="STUDY",
+                       help="several studies on one page (e.g. alexnet_skin vgg_skin)")
+    report.add_argument("--storage", type=_optional(str),
+                        help="Optuna storage URL (default sqlite:///optuna.db)")
+    report.add_argument("--out", type=_optional(str),
+                        help="folder to write into (default reports/<study>)")
+    report.add_argument("--tracking-uri", type=_optional(str))
+
     dashboard = commands.add_parser(
         "dashboard", help="optuna-dashboard over the studies' storage, on 127.0.0.1")
     dashboard.add_argument("--storage", type=_optional(str),
@@ -174,6 +186,11 @@ def main(argv: list[str] | None = None) -> int:
             return _export(args)
         if args.command == "dashboard":
             return _dashboard(args)
+        if args.command == "report":
+            from search.report_page import report_command
+
+            return report_command(args.study, args.compare, args.storage, args.tracking_uri,
+                                  args.out)
         return _tune(args, load_spec(args.task), sys.argv[1:] if argv is None else argv)
     except ValueError as error:  # bad input: say what and how to fix it, no traceback
         print(f"medtune: error: {error}", file=sys.stderr)

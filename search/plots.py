@@ -201,3 +201,61 @@ def best_trials_bars(table) -> plt.Figure:
     ax.set_title("best trials per study")
     fig.tight_layout()
     return fig
+
+
+def shared_curves(curves: Mapping[str, Mapping[str, Sequence[float]]], objective: str,
+                  chance: Mapping[str, float] | None = None) -> plt.Figure:
+    """Several runs' curves on shared axes: loss, and the objective's metric, each run's
+    training (dashed) and validation (solid) per epoch; the constant guess as a grey line."""
+    metric = objective.removeprefix("val_")
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    colors = plt.cm.tab10.colors
+    for ax, name in zip(axes, ("loss", metric), strict=True):
+        for i, (label, history) in enumerate(curves.items()):
+            for key, style, part in ((name, "--", "train"), (f"val_{name}", "-", "val")):
+                if key in history:
+                    values = history[key]
+                    ax.plot(np.arange(1, len(values) + 1), values, style,
+                            color=colors[i % 10], label=f"{label}, {part}")
+        if chance and name in chance:
+            ax.axhline(chance[name], color="grey", linestyle=":", linewidth=1.2,
+                       label=f"constant guess ({chance[name]:.3f})")
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_title(name)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def study_history(study) -> plt.Figure:
+    """Best value so far against the epochs all trials spent; completed trials as dots,
+    pruned ones as crosses, stuck or collapsed ones as red crosses."""
+    import optuna
+
+    TS = optuna.trial.TrialState
+    fig, ax = plt.subplots(figsize=(9, 3.6))
+    spent, best, xs, ys = 0, -np.inf, [], []
+    for t in sorted(study.trials, key=lambda t: t.number):
+        epochs = int(t.user_attrs.get("epochs_run", len(t.intermediate_values)))
+        spent += epochs
+        last = list(t.intermediate_values.values())[-1] if t.intermediate_values else None
+        if t.state == TS.COMPLETE:
+            best = max(best, t.value)
+            ax.plot(spent, t.value, "o", color="tab:blue", markersize=4)
+        elif t.state == TS.PRUNED and last is not None:
+            stuck = "stopped_because" in t.user_attrs
+            ax.plot(spent, last, "x", color="tab:red" if stuck else "grey", markersize=5)
+        if np.isfinite(best):
+            xs.append(spent)
+            ys.append(best)
+    ax.step(xs, ys, where="post", color="tab:blue", label="best so far")
+    ax.plot([], [], "x", color="grey", label="pruned")
+    ax.plot([], [], "x", color="tab:red", label="stuck or collapsed")
+    ax.set_xlabel("epochs spent (all trials)")
+    ax.set_ylabel(study.user_attrs.get("medtune_objective", "value"))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
