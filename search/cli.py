@@ -261,11 +261,29 @@ def _tune(args: argparse.Namespace, spec, argv: list[str]) -> int:
     why = stop_reason(study, n_trials=settings.n_trials, epoch_budget=settings.epoch_budget,
                       timeout=timeout, seconds=seconds, engine=settings.engine, room=room)
     _print_summary(study, tracker, spec.objective, settings.n_trials, seconds, why)
+    if settings.study_end and any(t.value is not None for t in study.get_trials(deepcopy=False)):
+        _write_report(study, tracker.tracking_uri, spec)
     if failed:
         print(f"medtune: error: {failed} of {args.workers} workers failed (see their output "
               "above); run the same command again to continue the study", file=sys.stderr)
         return 1
     return 0
+
+
+def _write_report(study, tracking_uri: str, spec) -> None:
+    """The study's report, written where `medtune report` writes it; a failure only warns:
+    the study stands, and `medtune report` can write it later."""
+    from pathlib import Path
+
+    from search.report_page import report_study
+
+    try:
+        html_path, _ = report_study(study, tracking_uri, Path("reports", study.study_name),
+                                    spec=spec)
+        print(f"  report: {html_path} (and report.md beside it)", flush=True)
+    except Exception as error:  # noqa: BLE001 (anything: the study is done, its report is not)
+        print(f"medtune: the report was not written ({type(error).__name__}: {error}); "
+              f"`medtune report --study {study.study_name}` writes it", file=sys.stderr)
 
 
 def _plan_gpus(args: argparse.Namespace) -> list[str | None]:

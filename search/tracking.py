@@ -40,7 +40,13 @@ from mlflow.tracking import MlflowClient
 
 from search import plots
 from search.devices import device_tag
-from search.records import FINALISTS_ATTR, REFIT_ATTR, TEST_ATTR, champion_trial
+from search.records import (
+    REFIT_ATTR,
+    TEST_ATTR,
+    champion_trial,
+    current_finalists,
+    ensemble_id,
+)
 from search.stopping import Stuck
 from search.urls import mask_password
 from search.worker import owner_alive, owner_id, resident_mb
@@ -447,13 +453,17 @@ class StudyTracker:
 
             best = champion_trial(study)  # the best trial, or the re-checked finalists' pick
             metrics["best_value"] = best.value
-            if recheck := study.user_attrs.get(FINALISTS_ATTR):
+            if recheck := current_finalists(study):  # (trials since may have passed them)
                 self._log_recheck(study, recheck)
                 mine = recheck["results"][str(best.number)]
                 metrics |= {"recheck_mean": mine["mean"], "recheck_sd": mine["sd"],
                             "recheck_runs": mine["n"]}
-            tags = {"best_trial": str(best.number),
-                    "best_run_id": best.user_attrs.get("mlflow_run_id", "")}
+                if ensemble := recheck.get("ensemble"):  # held-in runs, the same as the mean's
+                    metrics |= {"ensemble_mean": ensemble["mean"], "ensemble_sd": ensemble["sd"]}
+                    if ensemble_id(study):
+                        tags["champion"] = "ensemble"
+            tags |= {"best_trial": str(best.number),
+                     "best_run_id": best.user_attrs.get("mlflow_run_id", "")}
             tags |= {f"best.{k}": str(v) for k, v in best.params.items()}
             test = study.user_attrs.get(TEST_ATTR)
             if test and test["trial"] == best.number:  # the test split, judged once at the end

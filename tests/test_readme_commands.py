@@ -30,7 +30,7 @@ def readme_commands() -> list[str]:
 
 def test_the_readme_lists_each_entry_point():
     entry_points = {shlex.split(c)[4] for c in readme_commands()}
-    assert entry_points == {"tune", "tasks", "compare", "export", "dashboard"}
+    assert entry_points == {"tune", "tasks", "compare", "export", "report", "dashboard"}
 
 
 def test_every_readme_mlflow_run_command_works_as_written(tmp_path, tiny_course):
@@ -57,6 +57,9 @@ def test_every_readme_mlflow_run_command_works_as_written(tmp_path, tiny_course)
     assert "vgg_skin" in compared and "alexnet_skin" in compared
     assert "registered vgg_skin version 1 as champion" in outputs[
         "mlflow run . -e export -P study=vgg_skin --env-manager local"]
+    assert "report: reports/vgg_skin/report.html" in outputs[
+        "mlflow run . -e report -P study=vgg_skin --env-manager local"]
+    assert "<h2>Results</h2>" in (copy / "reports" / "vgg_skin" / "report.html").read_text()
     client = MlflowClient(f"sqlite:///{copy}/mlflow.db")
     assert str(client.get_model_version_by_alias("vgg_skin", "champion").version) == "1"
     every = client.search_runs([e.experiment_id for e in client.search_experiments()])
