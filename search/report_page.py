@@ -50,7 +50,7 @@ def sections(report: Report) -> list[tuple[str, list[Any]]]:
     data_table = [["split", *columns], *[[s, *(c[k] for k in columns)] for s, c in counts.items()]]
     guess = ", ".join(f"{k} {v:.3f}" for k, v in report.data["chance"].items())
     setup = [
-        f"{report.description} Objective: `{report.objective}`; {report.kind}.",
+        f"{report.description.rstrip('.')}. Objective: `{report.objective}`; {report.kind}.",
         f"Data: {report.data['source']}. A constant guess scores {guess} on validation.",
         data_table,
         "Settings: " + ", ".join(f"{k} = {v}" for k, v in report.settings.items())

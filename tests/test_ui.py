@@ -210,7 +210,7 @@ def test_the_models_tab_lists_the_kept_models_with_their_metrics(study, mlflow_u
     kept = {m.name: m for m in client.search_logged_models([experiment.experiment_id])}
     trials = optuna.load_study(study_name=TASK, storage=f"sqlite:///{study}/optuna.db").trials
     values = {f"{TASK}-t{t.number:04d}": t.value for t in trials if "model_id" in t.user_attrs}
-    assert set(kept) == set(values) and 1 <= len(kept) <= 3  # top_k = 3 in the defaults
+    assert set(kept) == set(values) and 1 <= len(kept) <= 3 + 1  # top_k = 3, + the lab recipe
 
     with chromium_page(700) as page:
         page.goto(f"{mlflow_ui}/#/experiments/{experiment.experiment_id}/models"
@@ -240,3 +240,23 @@ def test_the_models_tab_lists_the_kept_models_with_their_metrics(study, mlflow_u
             assert float(cells[row + 1]) == pytest.approx(value, abs=1e-6)
         page.set_viewport_size({"width": 1400, "height": 400})
         screenshot(page, tmp_path, "mlflow_models.png")
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium (apt install chromium)")
+def test_the_study_report_opens_offline_with_its_images(study, tmp_path):
+    """The report `medtune tune` wrote when the study ended: one file, opened from disk with
+    no server, every section and every inline image rendered."""
+    page_file = study / "reports" / TASK / "report.html"
+    with chromium_page(1100) as page:
+        page.route("**/*", lambda route: route.abort() if not route.request.url.startswith(
+            ("file:", "data:")) else route.continue_())  # offline: nothing fetched from a network
+        page.goto(page_file.as_uri())
+        headings = page.locator("h2").all_inner_texts()
+        assert headings == ["What was searched", "Results", "What the search changed",
+                            "Learning curves", "The champion", "The study's history",
+                            "What it means"]
+        widths = page.locator("img").evaluate_all("imgs => imgs.map(i => i.naturalWidth)")
+        assert len(widths) >= 4 and all(w > 100 for w in widths)
+        assert "lab recipe" in page.locator("table").nth(1).inner_text()
+        page.locator("h2", has_text="Results").scroll_into_view_if_needed()
+        screenshot(page, tmp_path, "report.png")
