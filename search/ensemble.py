@@ -70,8 +70,8 @@ def weigh(spec, problem, study: optuna.Study, record: Mapping[str, Any],
     metric = spec.objective.removeprefix("val_")
     chance = problem.chance().get(metric, 0.0)
     values = []
-    for k in sorted(held):
-        outputs = [held[k][n] for n in members if n in held[k]]
+    for k in range(1, record["runs"] + 1):
+        outputs = [held[k][n] for n in members if n in held.get(k, {})]
         if not outputs:  # every member's run stopped: the ensemble did not hold up either
             values.append(chance)
             continue
@@ -79,7 +79,7 @@ def weigh(spec, problem, study: optuna.Study, record: Mapping[str, Any],
         assert all(np.array_equal(t, targets) for _, t in outputs), "runs validated apart"
         mean = np.mean([o for o, _ in outputs], axis=0)
         values.append(float(score(problem, config, mean, targets)[metric]))
-    mine = record["results"][str(champion.number)]["values"][-len(values):]  # the same runs
+    mine = record["results"][str(champion.number)]["values"][-len(values):]  # its re-runs
     return {"members": members, "values": values, "mean": statistics.mean(values),
             "sd": statistics.stdev(values) if len(values) > 1 else 0.0, "n": len(values),
             "champion_mean": statistics.mean(mine),
