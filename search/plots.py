@@ -28,17 +28,23 @@ def learning_curves(history: Mapping[str, Sequence[float]], title: str = "",
             if key in history:
                 values = history[key]
                 ax.plot(np.arange(1, len(values) + 1), values, marker=".", label=label)
-        if chance and name in chance:
-            ax.axhline(chance[name], color="grey", linestyle="--", linewidth=1,
-                       label=f"constant guess ({chance[name]:.3f})")
-        ax.set_xlabel("epoch")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_title(name)
-        ax.grid(alpha=0.3)
-        ax.legend()
+        _epoch_panel(ax, name, chance, "--")
     fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+def _epoch_panel(ax, name: str, chance: Mapping[str, float] | None, style: str,
+                 fontsize: float | None = None) -> None:
+    """A per-epoch panel's constant-guess line (where `chance` knows `name`), axes, legend."""
+    if chance and name in chance:
+        ax.axhline(chance[name], color="grey", linestyle=style, linewidth=1.2,
+                   label=f"constant guess ({chance[name]:.3f})")
+    ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_title(name)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=fontsize)
 
 
 def confusion_matrix(
@@ -217,14 +223,7 @@ def shared_curves(curves: Mapping[str, Mapping[str, Sequence[float]]], objective
                     values = history[key]
                     ax.plot(np.arange(1, len(values) + 1), values, style,
                             color=colors[i % 10], label=f"{label}, {part}")
-        if chance and name in chance:
-            ax.axhline(chance[name], color="grey", linestyle=":", linewidth=1.2,
-                       label=f"constant guess ({chance[name]:.3f})")
-        ax.set_xlabel("epoch")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_title(name)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        _epoch_panel(ax, name, chance, ":", fontsize=7)
     fig.tight_layout()
     return fig
 
