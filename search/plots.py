@@ -119,9 +119,12 @@ def gradcam_overlays(
 
 def finalists(recheck: Mapping, objective: str) -> plt.Figure:
     """Each finalist's value in the search (its first run) against its mean ± SD over all its
-    runs: how much of the search's ranking held up with other seeds."""
+    runs: how much of the search's ranking held up; the finalists' ensemble below them, where
+    it was weighed."""
     rows = sorted(recheck["results"].items(), key=lambda item: -item[1]["searched"])
-    fig, ax = plt.subplots(figsize=(6.4, 0.6 + 0.55 * len(rows)))
+    ensemble = recheck.get("ensemble")
+    height = 1.5 + 0.45 * (len(rows) + bool(ensemble))
+    fig, ax = plt.subplots(figsize=(8, height))
     for y, (number, r) in enumerate(rows):
         champion = int(number) == recheck["champion"]
         ax.errorbar(r["mean"], y, xerr=r["sd"], fmt="o", capsize=4,
@@ -131,15 +134,21 @@ def finalists(recheck: Mapping, objective: str) -> plt.Figure:
                 label="its runs" if y == 0 else None)
         ax.plot(r["searched"], y, "x", color="tab:red", markersize=8,
                 label="its value in the search" if y == 0 else None)
-    ax.set_yticks(range(len(rows)),
-                  [f"#{n} ({r['n']} runs)" + (" champion" if int(n) == recheck["champion"]
-                                             else "") for n, r in rows])
-    ax.invert_yaxis()
+    won = bool(ensemble and ensemble.get("chosen") and ensemble.get("model_id"))
+    best = " best finalist" if won else " champion"
+    labels = [f"#{n} ({r['n']} runs)" + (best if int(n) == recheck["champion"] else "")
+              for n, r in rows]
+    if ensemble:
+        ax.errorbar(ensemble["mean"], len(rows), xerr=ensemble["sd"], fmt="D", capsize=4,
+                    color="tab:purple", label="the finalists averaged (held-in runs)")
+        labels.append("ensemble" + (" champion" if won else ""))
+    ax.set_yticks(range(len(labels)), labels)
+    ax.set_ylim(len(labels) - 0.5, -0.5)
     ax.set_xlabel(objective)
-    ax.set_title("Finalists: the search's value against the re-checked mean")
+    ax.set_title("Finalists: the search's value against the re-checked mean ± SD")
     ax.grid(axis="x", alpha=0.3)
-    ax.legend(fontsize=8, loc="best")
-    fig.tight_layout()
+    fig.legend(fontsize=8, loc="lower center", ncol=4, frameon=False)
+    fig.tight_layout(rect=(0, 0.35 / height, 1, 1))  # the legend's strip below the axes
     return fig
 
 
