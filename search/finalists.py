@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import statistics
+import warnings
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -32,7 +33,7 @@ from search.kept import Keeper
 from search.problems import make_problem
 from search.records import FINALISTS_ATTR, ranked
 from search.spec import StudySpec
-from search.tracking import StudyTracker, TrialRecord
+from search.tracking import StudyTracker, TrialRecord, drop_model
 from search.training import TrialFailed, fresh_keras_session
 from search.trial import fixed_params, run_trial
 
@@ -131,6 +132,12 @@ def recheck(spec: StudySpec, keeper: Keeper, study: optuna.Study, tracker: Study
         if record["ensemble"] and record["ensemble"]["chosen"]:
             keep_ensemble(keeper, study, tracker, record["ensemble"], spec.objective)
     study.set_user_attr(FINALISTS_ATTR, record)
+    if old := ((done or {}).get("ensemble") or {}).get("model_id"):  # an earlier re-check's
+        try:
+            drop_model(tracker.client, old)
+        except Exception as error:  # the new record stands; the old model's storage is the cost
+            warnings.warn(f"the earlier ensemble's model {old} not deleted: {error}",
+                          stacklevel=2)
     return record
 
 
