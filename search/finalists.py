@@ -13,7 +13,9 @@ Run k is seeded `trial seed + k * SEED_STRIDE`. Each is a child run of the study
 finalist`, named `<study>-t0007-r1` or `-f1`, with its curves). The champion is the finalist
 with the best mean; its kept model (the trial's) is what the test split judges, the refit
 continues and `medtune export` registers. A run that gets stuck, collapses or diverges counts at
-chance: the configuration does not hold up.
+chance: the configuration does not hold up. Under an epoch budget the re-runs take at most
+`[selection] share` of it (fewer finalists, one at least). Where the finalists' averaged outputs
+beat the champion on the same re-runs, their ensemble is the champion (`search.ensemble`).
 """
 
 from __future__ import annotations
