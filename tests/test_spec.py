@@ -295,6 +295,8 @@ def test_a_task_without_model_is_refused(tmp_path):
     (SPACE + "[selection]\ntop_k = 0\n",
      "[selection] top_k = 0: the number of the study's best models kept in MLflow, 1 or more"),
     (SPACE + "[selection]\ntop_k = 2.0\n", "[selection] top_k must be an integer"),
+    (SPACE + "[selection]\nshare = 0\n",
+     "[selection] share = 0: the most of an epoch budget the finalists' re-runs may take"),
 ])
 def test_wrong_values_are_named(tmp_path, text, expected):
     with pytest.raises(ValueError) as error:
@@ -331,7 +333,7 @@ def test_export_artifacts_split_and_synthetic_settings_are_in_the_spec(tmp_path)
     defaults = load_spec("unet_xray")
     assert defaults.export == {"tolerance": 0.02}
     assert defaults.selection == {"top_k": 3, "finalists": 0, "reseeds": 2, "folds": 5,
-                                  "small_data": 3000}
+                                  "small_data": 3000, "ensemble": True, "share": 0.5}
     assert defaults.artifacts == {"overlay_images": 6, "mask_threshold": 0.5}
     assert defaults.split == {"validation_fraction": 0.2, "seed": 0}
     assert defaults.synthetic["lungs"] == {"n_pairs": 234, "size": 128, "seed": 0}
