@@ -11,8 +11,11 @@ own numbers; its sentences are made from them by rules (`search.report_text`), n
 from __future__ import annotations
 
 import io
+import json
 import math
+import tempfile
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import matplotlib.pyplot as plt
@@ -36,6 +39,7 @@ TS = optuna.trial.TrialState
 Z95 = 1.959964  # the normal quantile of a two-sided 95 % interval
 SETTINGS = ("budget", "seed", "image_size", "epochs", "epoch_budget", "n_trials", "timeout",
             "engine", "finalists", "refit_epochs", "data_dir")  # the study run's params shown
+UNSET = ("None", "", "''")  # how a setting that was not given reads
 CHAMPION_PLOTS = ("confusion_matrix", "roc_curve", "gradcam", "mask_overlays")
 
 
@@ -113,6 +117,11 @@ def collect(study: optuna.Study, tracking_uri: str | None, *, spec=None, problem
         problem = _problem(spec, recorded)
     parent = client.get_run(study.user_attrs[PARENT_ATTR])
     params = parent.data.params
+    manifest = _manifest(client, parent.info.run_id)
+    # The settings as resolved (the manifest's): under `mlflow run` the run's params are the
+    # entry point's, '' where not given.
+    settings = {k: str(v) for k, v in (manifest.get("settings") or params).items()
+                if k in SETTINGS and str(v) not in UNSET}
     champion = champion_trial(study)
     if champion is None:
         raise ValueError(f"study {study.study_name!r} has no completed trial yet: let `medtune "
@@ -125,8 +134,7 @@ def collect(study: optuna.Study, tracking_uri: str | None, *, spec=None, problem
         study=study.study_name, task=spec.name, description=spec.description,
         objective=spec.objective, kind="segmentation" if problem.data.layout == "pairs"
         else "classification", data=_data(problem, params),
-        settings={k: params[k] for k in SETTINGS if params.get(k) not in (None, "None")},
-        code=_code(client, parent.info.run_id), command=_command(spec.name, params),
+        settings=settings, code=_code(parent, manifest), command=_command(spec.name, settings),
         rows=_rows(spec, problem, study, champion, lab_trial, client.tracking_uri),
         diff=_diff(lab_trial, champion), importances=_importances(study),
         overfit=_gap(curves[f"champion (#{champion.number})"], champion, spec.objective),
@@ -161,28 +169,34 @@ def _data(problem, params: dict[str, str]) -> dict[str, Any]:
             "chance": problem.chance(), "majority": problem.majority_rates()}
 
 
-def _code(client: MlflowClient, run_id: str) -> str:
-    run = client.get_run(run_id)
-    commit = run.data.tags.get("mlflow.source.git.commit")
+def _manifest(client: MlflowClient, run_id: str) -> dict[str, Any]:
+    """The study run's `manifest.json` (`search.manifest`); {} for an older run without one."""
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            return json.loads(Path(client.download_artifacts(run_id, "manifest.json", tmp))
+                              .read_text())
+    except Exception:  # noqa: BLE001 (missing, or a store out of reach: the report goes on)
+        return {}
+
+
+def _code(run, manifest: dict[str, Any]) -> str:
+    """The commit the study ran at: `mlflow run`'s tag, else the manifest's."""
+    git = manifest.get("git") or {}
+    commit = run.data.tags.get("mlflow.source.git.commit") or git.get("commit")
     if not commit:
-        try:
-            git = mlflow.artifacts.load_dict(f"runs:/{run_id}/manifest.json").get("git", {})
-            commit = (git.get("commit") or "") + (" (with uncommitted changes)"
-                                                  if git.get("dirty") else "")
-        except Exception:  # an older study's run without a manifest
-            commit = ""
-    return commit or "unknown"
+        return "unknown"
+    return commit + (" (with uncommitted changes)" if git.get("dirty") else "")
 
 
-def _command(task: str, params: dict[str, str]) -> str:
+def _command(task: str, settings: dict[str, str]) -> str:
     """`medtune tune` with the settings the study ran with (those that were set)."""
     options = {"budget": "--budget", "seed": "--seed", "n_trials": "--n-trials",
                "epochs": "--epochs", "epoch_budget": "--epoch-budget", "timeout": "--timeout",
                "image_size": "--image-size", "data_dir": "--data-dir", "engine": "--engine",
                "finalists": "--finalists", "refit_epochs": "--refit-epochs"}
     parts = ["medtune tune", f"--task {task}"]
-    parts += [f"{flag} {params[key]}" for key, flag in options.items()
-              if params.get(key) not in (None, "", "None", "0") or key == "seed"]
+    parts += [f"{flag} {settings[key]}" for key, flag in options.items()
+              if key in settings and (settings[key] != "0" or key == "seed")]
     return " ".join(parts)
 
 
