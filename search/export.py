@@ -22,13 +22,13 @@ from search import kept
 from search.manifest import served_requirements
 from search.records import FINALISTS_ATTR, REFIT_ATTR, champion_trial, model_kind
 from search.recovery import open_storage
-from search.spec import StudySpec, load_spec, spec_from_record
+from search.spec import StudySpec
 from search.study import (
     SETTINGS_ATTR,
-    STUDY_FILE_ATTR,
     data_record,
     feature_base,
     prepare_problem,
+    recorded_spec,
 )
 from search.tracking import Registered, TrialRun, export_run, kept_model, register_model
 from search.training import fresh_keras_session
@@ -84,9 +84,7 @@ def export_best(
         raise ValueError(f"tolerance must be >= 0, got {tolerance}")
     study, best = best_trial(study_name, storage)
     recorded = study.user_attrs[SETTINGS_ATTR]  # the data and sizes the study was run with
-    spec = (spec_from_record(study.user_attrs[STUDY_FILE_ATTR])
-            if STUDY_FILE_ATTR in study.user_attrs
-            else load_spec(recorded["task"]))  # a study older than the record: today's file
+    spec = recorded_spec(study)
     tolerance = spec.export["tolerance"] if tolerance is None else tolerance
     model_id = kept.champion_id(study)
     champion = model_kind(study, best, model_id)

@@ -112,7 +112,8 @@ def recheck(spec: StudySpec, keeper: Keeper, study: optuna.Study, tracker: Study
         trial = trials[number]
         problems = (folds(spec, keeper.problem, count) if how == "folds"
                     else [keeper.problem] * count)
-        runs = [_rerun(spec, problem, study, tracker, trial, k, epochs, how, verbose)
+        runs = [_rerun(spec, problem, study, tracker, trial, k, epochs, how, verbose,
+                       outputs=spec.selection["ensemble"] and len(top) > 1)
                 for k, problem in enumerate(problems, start=1)]
         spent += sum(r["epochs"] for r in runs)
         for k, run in enumerate(runs, start=1):  # each run's validation outputs, if it ended
@@ -145,7 +146,7 @@ def recheck(spec: StudySpec, keeper: Keeper, study: optuna.Study, tracker: Study
 
 def _rerun(spec: StudySpec, problem, study: optuna.Study, tracker: StudyTracker,
            trial: optuna.trial.FrozenTrial, k: int, epochs: int, how: str,
-           verbose: bool) -> dict[str, Any]:
+           verbose: bool, outputs: bool) -> dict[str, Any]:
     """Trial `trial` trained again, the k-th time (another seed; on fold k's split for
     "folds"); its value, epochs and run."""
     seed = trial.user_attrs.get("seed", trial.number) + k * SEED_STRIDE
@@ -162,7 +163,8 @@ def _rerun(spec: StudySpec, problem, study: optuna.Study, tracker: StudyTracker,
             result = run_trial(spec, problem, trial.params, run, epochs=epochs,
                                seed=seed, baseline=bool(trial.user_attrs.get("baseline")),
                                verbose=verbose)
-            outcome["outputs"] = validation_outputs(result.model, problem, result.config)
+            if outputs:  # for the ensemble's weighing
+                outcome["outputs"] = validation_outputs(result.model, problem, result.config)
         outcome["value"] = result.value
     except (optuna.TrialPruned, TrialFailed) as stop:  # it did not hold up: counts at chance
         outcome["stopped"] = str(stop)

@@ -104,17 +104,15 @@ def collect(study: optuna.Study, tracking_uri: str | None, *, spec=None, problem
     """The report of `study`; `spec` and `problem` where the caller has them (a study that
     just ended), else read from the study's record and loaded again (cached)."""
     from search.report_text import sentences
-    from search.study import SETTINGS_ATTR, STUDY_FILE_ATTR
+    from search.study import SETTINGS_ATTR, prepare_problem, recorded_spec
     from search.tracking import PARENT_ATTR
 
     client = MlflowClient(tracking_uri or mlflow.get_tracking_uri())
     recorded = study.user_attrs[SETTINGS_ATTR]
-    if spec is None:
-        from search.spec import spec_from_record
-
-        spec = spec_from_record(study.user_attrs[STUDY_FILE_ATTR])
-    if problem is None:
-        problem = _problem(spec, recorded)
+    spec = spec or recorded_spec(study)
+    if problem is None:  # the study's data as its trials had it (a transfer head's features)
+        problem = prepare_problem(spec, recorded.get("data_dir"), recorded["image_size"],
+                                  recorded.get("base"), client.tracking_uri)[0]
     parent = client.get_run(study.user_attrs[PARENT_ATTR])
     params = parent.data.params
     manifest = _manifest(client, parent.info.run_id)
@@ -143,15 +141,6 @@ def collect(study: optuna.Study, tracking_uri: str | None, *, spec=None, problem
                               report.importances)
     report.sentences = sentences(report)
     return report
-
-
-def _problem(spec, recorded: dict[str, Any]):
-    from datasets import loader
-    from search.problems import make_problem
-
-    return make_problem(spec, loader.load(
-        spec.data, recorded.get("data_dir"), recorded["image_size"], split=spec.split,
-        synthetic=spec.synthetic))
 
 
 def _data(problem, params: dict[str, str]) -> dict[str, Any]:
@@ -229,7 +218,7 @@ def _rows(spec, problem, study: optuna.Study, champion, lab_trial, tracking_uri:
         rows.append(Row(f"lab recipe ({lab_trial.user_attrs['baseline']}), "
                         f"{lab_trial.state.name.lower()}", lab_trial.number, math.nan, None, 1,
                         None, n_test, int(lab_trial.user_attrs.get("epochs_run", 0)), math.nan))
-    judged = test.get("accuracy", test.get("test_accuracy"))
+    judged = test.get("test_accuracy")
     if record:
         trials = {t.number: t for t in study.get_trials(deepcopy=False)}
         for number in record["trials"]:

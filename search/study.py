@@ -19,7 +19,7 @@ from search.pruners import make_pruner, make_sampler
 from search.recovery import Recovery
 from search.refit import refit_best
 from search.settings import TuneSettings
-from search.spec import StudySpec, baseline_params
+from search.spec import StudySpec, baseline_params, load_spec, spec_from_record
 from search.tracking import (
     DataRecord,
     StudyTracker,
@@ -129,6 +129,14 @@ def feature_base(base: str | None, size: int, tracking_uri: str | None) -> Featu
     if base and base.startswith("models:/"):
         return trained_base(load_registered_model(base, tracking_uri), base)
     return imagenet_base(size, base)
+
+
+def recorded_spec(study: optuna.Study) -> StudySpec:
+    """The study file as the study last ran it (its record); today's task file for a study
+    older than the record."""
+    if STUDY_FILE_ATTR in study.user_attrs:
+        return spec_from_record(study.user_attrs[STUDY_FILE_ATTR])
+    return load_spec(study.user_attrs[SETTINGS_ATTR]["task"])
 
 
 def prepare_problem(spec: StudySpec, data_dir: str | None, image_size: int, base: str | None,
