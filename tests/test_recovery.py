@@ -255,7 +255,7 @@ def test_resident_memory_stays_bounded_over_30_trials(tmp_path):
     storage, tracking = f"sqlite:///{tmp_path}/optuna.db", f"sqlite:///{tmp_path}/mlflow.db"
     command = tune_command(study_file(tmp_path, "restart_after_growth_mb = 40"),
                            tmp_path / "course", storage, tracking,
-                           "--epochs", "1", "--n-trials", "30")
+                           "--epochs", "1", "--n-trials", "30", "--timeout", "0")
     done = subprocess.run(command, cwd=tmp_path, env=child_env(tmp_path), capture_output=True,
                           text=True, timeout=500)
     assert done.returncode == 0, done.stderr[-3000:]
