@@ -41,6 +41,7 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
+import psutil
 from PIL import Image, ImageDraw
 
 # Bumped whenever a generator's pixels change, so an old set on disk is never taken for a new one.
@@ -765,25 +766,13 @@ def _is_complete(dest: Path, name: str, params: dict[str, int]) -> bool:
     )
 
 
-def _pid_alive(pid: int) -> bool:
-    if os.name != "posix":  # os.kill(pid, 0) would terminate the process on Windows
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _remove_stale_temps(root: Path, folder: str) -> None:
     """Delete temp folders of `folder` left by dead writers on this host (crash left-overs)."""
     host = socket.gethostname()
     for temp in root.glob(f".{folder}.tmp-*"):
         owner = temp.name[len(f".{folder}.tmp-") :].rsplit("-", 2)
         dead = len(owner) == 3 and owner[0] == host and owner[1].isdigit()
-        if dead and not _pid_alive(int(owner[1])):
+        if dead and not psutil.pid_exists(int(owner[1])):
             shutil.rmtree(temp, ignore_errors=True)
 
 

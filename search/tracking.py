@@ -422,9 +422,9 @@ class StudyTracker:
             if run.history:
                 figure = plots.learning_curves(run.history, title=run.name, chance=self.chance)
                 run.log_figure(figure, "plots/learning_curves.png")
-            mb = resident_mb()  # the worker's memory as the trial ends: it must stay bounded
             run.log_metrics({"trial.seconds": seconds, "trial.epochs_run": run.epochs,
-                             **({"worker_rss_mb": round(mb, 1)} if mb else {})})
+                             # the worker's memory as the trial ends: it must stay bounded
+                             "worker_rss_mb": round(resident_mb(), 1)})
         finally:
             self.client.log_batch(run.run_id, tags=[RunTag(k, v) for k, v in tags.items()])
             self.client.set_terminated(run.run_id, status)

@@ -14,9 +14,9 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 
 import optuna
+import psutil
 
 RESTART = 75  # `medtune tune` asks its caller to restart this process (see MemoryGuard)
 STARTED_ENV = "MEDTUNE_STARTED"  # when a restarted worker first started (its timeout counts on)
@@ -57,12 +57,11 @@ class FreezeSurvivors:
 
 
 def _started(pid: int) -> str | None:
-    """The process's start time in clock ticks (Linux), which tells a reused pid apart."""
+    """The process's start time, which tells a reused pid apart (None: no such process)."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
+        return f"{psutil.Process(pid).create_time():.2f}"
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
         return None
-    return stat.rsplit(")", 1)[1].split()[19]
 
 
 def owner_id(pid: int | None = None) -> str:
@@ -75,25 +74,12 @@ def owner_alive(owner: str) -> bool | None:
     host, pid, started = owner.rsplit(":", 2)
     if host != socket.gethostname():
         return None  # another machine's worker: the heartbeat decides
-    if not Path("/proc").is_dir():  # not Linux: ask the kernel about the pid alone
-        try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
     return _started(int(pid)) == started and started != ""
 
 
-def resident_mb() -> float | None:
-    """This process's resident memory in MB (Linux; None elsewhere)."""
-    try:
-        status = Path("/proc/self/status").read_text()
-    except OSError:
-        return None
-    return next(int(line.split()[1]) for line in status.splitlines()
-                if line.startswith("VmRSS:")) / 1024
+def resident_mb() -> float:
+    """This process's resident memory in MB."""
+    return psutil.Process().memory_info().rss / 2**20
 
 
 class MemoryGuard:
@@ -112,7 +98,7 @@ class MemoryGuard:
 
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         now = resident_mb()
-        if now is None or not self.limit_mb:
+        if not self.limit_mb:
             return
         if self.first is None:
             self.first = now
