@@ -207,6 +207,7 @@ def report_command(study: str | None, compared: list[str] | None, storage: str |
     """`medtune report`: one study's report, or several studies compared."""
     import optuna
 
+    from search.recovery import open_storage
     from search.report import collect
     from search.settings import DEFAULT_STORAGE
     from search.urls import mask_password
@@ -216,7 +217,7 @@ def report_command(study: str | None, compared: list[str] | None, storage: str |
     studies = []
     for name in names:
         try:
-            studies.append(optuna.load_study(study_name=name, storage=storage))
+            studies.append(optuna.load_study(study_name=name, storage=open_storage(storage)))
         except KeyError:
             raise ValueError(f"no study {name!r} in {mask_password(storage)}: run `medtune tune` "
                              "for it first, or give the --storage it ran in") from None
