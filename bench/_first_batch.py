@@ -26,8 +26,8 @@ def main() -> int:
 
     import datasets.loader
     import search.cli
-    import search.problems
-    import search.study  # noqa: F401
+    import search.study.run  # noqa: F401
+    import search.trial.problems
 
     report["imported"] = time.time()
 
@@ -35,7 +35,7 @@ def main() -> int:
         with open(out, "w") as f:
             json.dump(report, f)
 
-    load, make_dataset = datasets.loader.load, search.problems.make_dataset
+    load, make_dataset = datasets.loader.load, search.trial.problems.make_dataset
 
     def timed_load(*args, **kwargs):
         started = time.perf_counter()
@@ -65,7 +65,7 @@ def main() -> int:
         return fit(self, *args, callbacks=[*(callbacks or []), FirstBatch()], **kwargs)
 
     datasets.loader.load = timed_load
-    search.problems.make_dataset = timed_make_dataset
+    search.trial.problems.make_dataset = timed_make_dataset
     keras.Model.fit = fit_until_first_batch
     code = search.cli.main(cli_args)
     report["error"] = f"medtune tune ended (exit {code}) before a training batch started"

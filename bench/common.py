@@ -73,7 +73,7 @@ class Result:
 
 def machine() -> dict[str, Any]:
     """Cores, memory, CPU model, Python, packages and the code's commit."""
-    from search.manifest import git_commit, package_versions
+    from search.tracking.manifest import git_commit, package_versions
 
     return {
         "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),

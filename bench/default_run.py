@@ -218,9 +218,9 @@ def plain_for(task: str, data_dir: str, image_size: int | None, seconds: float) 
 
     from datasets import loader
     from models import build_model, settings_from
-    from search.problems import make_problem
-    from search.spec import baseline_params, load_spec
-    from search.training import compile_model
+    from search.spec.study_files import baseline_params, load_spec
+    from search.trial.problems import make_problem
+    from search.trial.training import compile_model
 
     spec = load_spec(task)
     size = image_size or spec.budget["quick"]["image_size"]

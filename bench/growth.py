@@ -60,9 +60,9 @@ def instrument(probe: Probe) -> None:
     from mlflow.tracking import MlflowClient
     from optuna_integration import KerasPruningCallback
 
-    import search.optuna_engine  # noqa: F401  (loads every callback class medtune defines)
-    import search.plots
-    from search.tracking import TrialRun
+    import search.engines.optuna_engine  # noqa: F401  (loads every callback class medtune defines)
+    import search.tracking.plots
+    from search.tracking.trial_run import TrialRun
 
     probe.wrap(keras.Model, "fit", "fit", container=True)
     probe.wrap_all(optuna.samplers.TPESampler, ["infer_relative_search_space", "sample_relative",
@@ -78,7 +78,7 @@ def instrument(probe: Probe) -> None:
     probe.wrap_all(MlflowClient, ["create_run", "log_batch", "set_terminated", "set_tag",
                                   "log_text", "log_figure", "log_dict", "get_run"], "mlflow_s")
     for name in ("learning_curves", "confusion_matrix", "roc_curve"):
-        probe.wrap_everywhere(search.plots, name, "plots_s")
+        probe.wrap_everywhere(search.tracking.plots, name, "plots_s")
     probe.wrap(keras.Model, "predict", "predict_s")
     probe.wrap(keras.backend, "clear_session", "reset_gc_s")
     probe.wrap(gc, "collect", "reset_gc_s")
@@ -87,10 +87,10 @@ def instrument(probe: Probe) -> None:
 def run(args: argparse.Namespace) -> common.Result:
     import optuna
 
-    import search.optuna_engine
-    import search.settings
-    import search.study
-    from search.spec import load_spec
+    import search.engines.optuna_engine
+    import search.spec.settings
+    import search.study.run
+    from search.spec.study_files import load_spec
 
     common.quiet_libraries()
     budget = dict(BUDGETS[args.mode])
@@ -105,12 +105,12 @@ def run(args: argparse.Namespace) -> common.Result:
     with tempfile.TemporaryDirectory(dir=args.work_dir) as tmp, Probe() as probe, \
             common.scoped_env(MEDTUNE_CHECKPOINTS=str(Path(tmp) / "checkpoints")):
         instrument(probe)
-        settings = search.settings.resolve_settings(
+        settings = search.spec.settings.resolve_settings(
             spec, study_name=f"growth-{args.task}", storage=common.sqlite_url(Path(tmp) / "o.db"),
             data_dir=str(data_dir), seed=args.seed, n_trials=budget["n_trials"], timeout=0,
             epochs=args.epochs, image_size=32,
         )
-        make_objective = search.optuna_engine.make_objective
+        make_objective = search.engines.optuna_engine.make_objective
 
         def recording_objective(*a: Any, **k: Any):
             objective = make_objective(*a, **k)
@@ -125,15 +125,15 @@ def run(args: argparse.Namespace) -> common.Result:
             marks["totals"] = probe.snapshot()
             return timed
 
-        search.optuna_engine.make_objective = recording_objective
+        search.engines.optuna_engine.make_objective = recording_objective
         try:
             with contextlib.redirect_stdout(io.StringIO()):
-                study, _ = search.study.run_study(
+                study, _ = search.study.run.run_study(
                     spec, settings, tracking_uri=common.sqlite_url(Path(tmp) / "m.db"),
                     experiment="bench-growth", verbose=True, show_progress_bar=False,
                 )
         finally:
-            search.optuna_engine.make_objective = make_objective
+            search.engines.optuna_engine.make_objective = make_objective
         states = {t.number: t.state.name.lower() for t in study.trials}
     for row in rows:
         row["state"] = states.get(row["trial"], "?")

@@ -85,11 +85,12 @@ def instrument(probe: Probe) -> None:
 
     import datasets.loader
     import models
-    import search.manifest
-    import search.optuna_engine  # noqa: F401  (loads every callback class medtune defines)
-    import search.study
-    from search.problems import Classification, Segmentation
-    from search.tracking import StudyTracker, TrialRun
+    import search.engines.optuna_engine  # noqa: F401  (loads every callback class medtune defines)
+    import search.study.run
+    import search.tracking.manifest
+    from search.tracking.study_run import StudyTracker
+    from search.tracking.trial_run import TrialRun
+    from search.trial.problems import Classification, Segmentation
 
     probe.wrap(keras.Model, "fit", "fit", container=True)
     probe.wrap(datasets.loader, "load", "data load (cached)")
@@ -118,8 +119,9 @@ def instrument(probe: Probe) -> None:
                                                 "after_trial"], "Optuna sampler")
     probe.wrap_all(optuna.storages.RDBStorage, public_methods(optuna.storages.RDBStorage),
                    "Optuna storage")
-    probe.wrap(search.study, "open_study", "study set-up (study, parent run, manifest)")
-    probe.wrap_everywhere(search.manifest, "manifest", "study set-up (study, parent run, manifest)")
+    probe.wrap(search.study.run, "open_study", "study set-up (study, parent run, manifest)")
+    probe.wrap_everywhere(search.tracking.manifest, "manifest",
+                          "study set-up (study, parent run, manifest)")
     probe.wrap_all(StudyTracker, ["open", "log_text", "log_dict"],
                    "study set-up (study, parent run, manifest)")
     probe.wrap_all(StudyTracker, ["summarize", "close"],
@@ -134,7 +136,7 @@ def public_methods(kind: type) -> list[str]:
 
 def baseline_params(spec) -> dict[str, Any]:
     """Trial 0 of a study runs the first lab baseline (enqueued first)."""
-    from search import spec as study_files
+    from search.spec import study_files
 
     return study_files.baseline_params(spec.baselines[0])
 
@@ -146,7 +148,7 @@ def plain_fit(spec, problem, config: dict, epochs: int, seed: int) -> dict[str, 
     from datasets.images import unit_range
     from models import build_model, settings_from
     from models.losses import encode_targets
-    from search.training import compile_model
+    from search.trial.training import compile_model
 
     data = problem.data
     started = time.perf_counter()
@@ -170,7 +172,7 @@ def plain_fit(spec, problem, config: dict, epochs: int, seed: int) -> dict[str, 
 
 def medtune_trial(spec, settings, tracking_uri: str) -> dict[str, float]:
     """One one-trial study; the probe's parts in seconds, and the total without the data load."""
-    from search.study import run_study
+    from search.study.run import run_study
 
     with Probe() as probe, contextlib.redirect_stdout(io.StringIO()):
         instrument(probe)
@@ -214,9 +216,9 @@ def run(args: argparse.Namespace) -> common.Result:
     from mlflow.tracking import MlflowClient
 
     from datasets import loader
-    from search.problems import make_problem
-    from search.settings import resolve_settings
-    from search.spec import load_spec
+    from search.spec.settings import resolve_settings
+    from search.spec.study_files import load_spec
+    from search.trial.problems import make_problem
 
     common.quiet_libraries()
     budget = common.chosen_budget(args, BUDGETS, ("pairs", "epochs", "image_size"))

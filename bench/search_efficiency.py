@@ -2,7 +2,7 @@
 
 The budget is the total number of training epochs across all trials (a pruned trial counts the
 epochs it ran). On the same task (LeNet, `lenet_skin`'s search space), data and budget, four
-engines run through medtune itself (`search.study.run_study`, `epoch_budget`):
+engines run through medtune itself (`search.study.run.run_study`, `epoch_budget`):
 
 - `medtune`: the task's default study (TPE, the study file's pruner, lab baselines first,
   then `[start]`);
@@ -50,8 +50,8 @@ if TYPE_CHECKING:  # heavy imports stay inside the functions that need them
     import pandas as pd
     from matplotlib.figure import Figure
 
-    from search.problems import Classification
-    from search.spec import StudySpec
+    from search.spec.study_files import StudySpec
+    from search.trial.problems import Classification
 
 NAME = "search"
 BUDGETS: dict[str, dict[str, Any]] = {
@@ -262,8 +262,8 @@ def run_engine(engine: str, specs: dict, data: DataSet, seed: int, budget: dict,
     """Run one engine's study (the grid: one study per baseline) to the epoch budget; its
     trials in the order they ran, its wall time without the benchmark's test scoring, and
     where the study re-checked finalists, its champion (`champion_of`)."""
-    from search.settings import resolve_settings
-    from search.study import run_study
+    from search.spec.settings import resolve_settings
+    from search.study.run import run_study
 
     key = f"{data.name}-{engine}-s{seed}"
     storage = common.sqlite_url(tmp / f"{key}.db")
@@ -308,7 +308,7 @@ def run_engine(engine: str, specs: dict, data: DataSet, seed: int, budget: dict,
 def champion_of(study: optuna.Study) -> dict[str, Any] | None:
     """A re-checked study's champion as the study reports it: the finalist with the best mean
     (or their ensemble), its mean, SD and runs, its kept model, and the re-runs' epochs."""
-    from search.kept import champion_id
+    from search.champion.kept import champion_id
     from search.records import FINALISTS_ATTR, champion_trial, ensemble_id
 
     record = study.user_attrs.get(FINALISTS_ATTR)
@@ -357,7 +357,7 @@ class Ledger:
             curve: list[float]) -> dict[str, Any]:
         import datetime as dt
 
-        from search.manifest import git_commit
+        from search.tracking.manifest import git_commit
 
         git = git_commit()
         code = (git["commit"] or "unknown")[:10] + ("+changes" if git["dirty"] else "")
@@ -405,7 +405,7 @@ class HeldOutScores:
         self.seconds = 0.0  # taken out of the engines' wall times
 
     def __enter__(self) -> HeldOutScores:
-        from search.problems import Classification
+        from search.trial.problems import Classification
 
         original = Classification.log_artifacts
         signature = inspect.signature(original)
@@ -436,7 +436,7 @@ def replay(spec: StudySpec, problem: Classification, trial: Trial, epochs: int,
     test accuracy."""
     import keras
 
-    from search.training import best_epoch, compiled_model, fit, fresh_keras_session
+    from search.trial.training import best_epoch, compiled_model, fit, fresh_keras_session
 
     config = problem.config(trial.params)
     with fresh_keras_session():
@@ -484,8 +484,8 @@ def run(args: argparse.Namespace) -> common.Result:
     from mlflow.tracking import MlflowClient
 
     from datasets import loader
-    from search.problems import make_problem
-    from search.spec import load_spec
+    from search.spec.study_files import load_spec
+    from search.trial.problems import make_problem
 
     common.quiet_libraries()
     budget = common.chosen_budget(args, BUDGETS, ("seeds", "budget", "epochs", "image_size"))
@@ -587,8 +587,8 @@ def rechecked(row: dict[str, Any], champion: dict[str, Any], problem: Classifica
     """A re-checked study's row: its champion (not the search's best trial) is the pick, its
     finalists' mean the value it reports, and its kept model what the test split judges; the
     re-runs' epochs count as spent."""
-    from search.kept import load
-    from search.training import fresh_keras_session
+    from search.champion.kept import load
+    from search.trial.training import fresh_keras_session
 
     with fresh_keras_session():
         model = load(champion["model_id"], mlflow_url)
@@ -737,7 +737,7 @@ def verdict(row: dict) -> str:
 def describe(args: argparse.Namespace, budget: dict, engines: list[str], sets: list[DataSet],
              seeds: list[int], spec: StudySpec, runs: pd.DataFrame,
              verdicts: list[str]) -> list[str]:
-    from search.study import queued_baselines
+    from search.study.run import queued_baselines
 
     ledger = args.ledger.resolve()
     ledger_name = ledger.relative_to(common.REPO) if ledger.is_relative_to(common.REPO) \

@@ -60,12 +60,12 @@ def run(args: argparse.Namespace) -> common.Result:
     import optuna
     import pandas as pd
 
-    from search import kept
+    from search.champion import kept
     from search.records import champion_trial
-    from search.recovery import open_storage
-    from search.spec import spec_from_record
-    from search.study import SETTINGS_ATTR, STUDY_FILE_ATTR, prepare_problem
-    from search.training import compiled_model
+    from search.runtime.storages import open_storage
+    from search.spec.study_files import spec_from_record
+    from search.study.run import SETTINGS_ATTR, STUDY_FILE_ATTR, prepare_problem
+    from search.trial.training import compiled_model
 
     if args.mode == "smoke":
         args.study, args.storage, args.study_tracking_uri = smoke_study(args)

@@ -102,7 +102,7 @@ def plain_fit(spec, problem, config: dict, epochs: int, seed: int) -> tuple[int,
     from datasets.images import unit_range
     from models import build_model, settings_from
     from models.losses import encode_targets
-    from search.training import compile_model, precision_policy
+    from search.trial.training import compile_model, precision_policy
 
     data = problem.data
     keras.utils.set_random_seed(seed)
@@ -123,7 +123,7 @@ def plain_fit(spec, problem, config: dict, epochs: int, seed: int) -> tuple[int,
 
 def medtune_trial(spec, settings, tracking_uri: str) -> tuple[int, float]:
     """One one-trial study, as `medtune tune` runs it: (timed epochs, seconds)."""
-    from search.study import run_study
+    from search.study.run import run_study
 
     with clocked_fit() as clocks, contextlib.redirect_stdout(io.StringIO()):
         study, _ = run_study(spec, settings, tracking_uri=tracking_uri,
@@ -138,7 +138,7 @@ def medtune_trial(spec, settings, tracking_uri: str) -> tuple[int, float]:
 
 def bench_spec(precision: str):
     """`vgg_skin` whose first trial is its first lab baseline with batch 32."""
-    from search.spec import load_spec
+    from search.spec.study_files import load_spec
 
     spec = common.every_epoch(load_spec(TASK))
     baseline = {**spec.baselines[0], "batch_size": BATCH}
@@ -151,9 +151,9 @@ def run(args: argparse.Namespace) -> common.Result:
     import pandas as pd
 
     from datasets import loader
-    from search.devices import device_tag
-    from search.problems import make_problem
-    from search.settings import resolve_settings
+    from search.runtime.devices import device_tag
+    from search.spec.settings import resolve_settings
+    from search.trial.problems import make_problem
 
     common.quiet_libraries()
     budget = common.chosen_budget(args, BUDGETS, ("image_size", "n_train", "epochs", "pairs"))

@@ -7,13 +7,11 @@ import dataclasses
 import functools
 import logging
 import os
-import subprocess
 import sys
 
-from search.engines import DEFAULT as DEFAULT_ENGINE
-from search.engines import ENGINES, get_engine
+from search.engines.catalog import DEFAULT as DEFAULT_ENGINE
+from search.engines.catalog import ENGINES, get_engine
 
-WORKER_ENV = "MEDTUNE_WORKER"  # set in the processes `--workers N` starts
 INTERRUPTED = 130  # the shell's code for a process ended by Ctrl-C
 
 
@@ -172,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     # Optuna logs a trial cut by Ctrl-C with its traceback; medtune says it in one line.
     logging.getLogger("optuna.study._optimize").addFilter(_not_interrupts)
-    from search.spec import load_spec, task_names
+    from search.spec.study_files import load_spec, task_names
 
     try:
         if args.command == "tasks":
@@ -181,13 +179,22 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{name:16} {spec.description}")
             return 0
         if args.command == "compare":
-            return _compare(args)
+            from search.serving.compare import compare_command
+
+            return compare_command(args.studies, args.storage, args.top, args.experiment,
+                                   args.tracking_uri)
         if args.command == "export":
-            return _export(args)
+            from search.serving.export import export_command
+
+            return export_command(args.study, args.storage, name=args.name, replay=args.replay,
+                                  tolerance=args.tolerance, tracking_uri=args.tracking_uri,
+                                  experiment=args.experiment)
         if args.command == "dashboard":
-            return _dashboard(args)
+            from search.serving.dashboard import dashboard_command
+
+            return dashboard_command(args.storage, args.port)
         if args.command == "report":
-            from search.report_page import report_command
+            from search.report.page import report_command
 
             return report_command(args.study, args.compare, args.storage, args.tracking_uri,
                                   args.out)
@@ -204,13 +211,16 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _tune(args: argparse.Namespace, spec, argv: list[str]) -> int:
-    from search import worker
-    from search.finalists import reserve
-    from search.limits import stop_reason
+    from search.champion.finalists import reserve
+    from search.engines.limits import stop_reason
     from search.records import FINALISTS_ATTR
-    from search.settings import resolve_settings
-    from search.study import run_study
-    from search.urls import mask_password
+    from search.report.page import write_after_tune
+    from search.runtime import worker
+    from search.runtime.devices import device_line, plan_gpus, worker_envs
+    from search.runtime.urls import mask_password
+    from search.spec.settings import resolve_settings
+    from search.study.printed import print_summary
+    from search.study.run import run_study
 
     settings = resolve_settings(
         spec, budget=args.budget, study_name=args.study, storage=args.storage,
@@ -219,9 +229,10 @@ def _tune(args: argparse.Namespace, spec, argv: list[str]) -> int:
         epoch_budget=args.epoch_budget, refit_epochs=args.refit_epochs,
         finalists=args.finalists,
     )
-    if WORKER_ENV in os.environ:  # one of several workers: the command that started it ends
+    if worker.WORKER_ENV in os.environ:  # one of several workers: the command that started it ends
         settings = dataclasses.replace(settings, study_end=False)
-    gpus = _plan_gpus(args)
+    gpus = plan_gpus(args.workers, args.gpus)
+    args.workers = len(gpus)
     print(
         f"medtune: {spec.name} ({spec.description})\n"
         f"  budget {settings.budget}: {settings.n_trials} trials, up to {settings.epochs} epochs, "
@@ -230,7 +241,7 @@ def _tune(args: argparse.Namespace, spec, argv: list[str]) -> int:
         f"  data: {settings.data_dir or 'embedded synthetic set (no --data-dir given)'}\n"
         f"  study {settings.study_name!r} in {mask_password(settings.storage)}"
         + (f", engine {settings.engine}" if settings.engine != DEFAULT_ENGINE else "") + "\n"
-        f"  {_device_line(gpus, spec.training.get('precision', 'float32'))}",
+        f"  {device_line(gpus, spec.training.get('precision', 'float32'))}",
         flush=True,
     )
     timeout = settings.timeout  # the budget's, counted from the first start (restarts too)
@@ -242,12 +253,12 @@ def _tune(args: argparse.Namespace, spec, argv: list[str]) -> int:
             raise ValueError(f"the {settings.engine} engine runs in one process: drop --workers")
         # The study and its parent run, once; the refit waits for the workers' trials.
         run(dataclasses.replace(settings, n_trials=0, refit_epochs=0, finalists=0))
-        failed = _run_workers(gpus, argv)
+        failed = worker.run_workers(worker_envs(gpus, dict(os.environ)), argv)
         study, tracker = run(dataclasses.replace(settings, n_trials=0))  # the final summary
     else:
         failed = 0
         # A bar in a log, or from each of several workers, is noise.
-        bar = sys.stderr.isatty() and WORKER_ENV not in os.environ
+        bar = sys.stderr.isatty() and worker.WORKER_ENV not in os.environ
         guard = worker.MemoryGuard(spec.recovery["restart_after_growth_mb"])
         study, tracker = run(settings, show_progress_bar=bar, guard=guard)
         if guard.exceeded:
@@ -260,9 +271,9 @@ def _tune(args: argparse.Namespace, spec, argv: list[str]) -> int:
             ) if recheck else None
     why = stop_reason(study, n_trials=settings.n_trials, epoch_budget=settings.epoch_budget,
                       timeout=timeout, seconds=seconds, engine=settings.engine, room=room)
-    _print_summary(study, tracker, spec.objective, settings.n_trials, seconds, why)
+    print_summary(study, tracker, spec.objective, settings.n_trials, seconds, why)
     if settings.study_end and any(t.value is not None for t in study.get_trials(deepcopy=False)):
-        _write_report(study, tracker.tracking_uri, spec)
+        write_after_tune(study, tracker.tracking_uri, spec)
     if failed:
         print(f"medtune: error: {failed} of {args.workers} workers failed (see their output "
               "above); run the same command again to continue the study", file=sys.stderr)
@@ -270,191 +281,11 @@ def _tune(args: argparse.Namespace, spec, argv: list[str]) -> int:
     return 0
 
 
-def _write_report(study, tracking_uri: str, spec) -> None:
-    """The study's report, written where `medtune report` writes it; a failure only warns:
-    the study stands, and `medtune report` can write it later."""
-    from pathlib import Path
-
-    from search.report_page import report_study
-
-    try:
-        html_path, _ = report_study(study, tracking_uri, Path("reports", study.study_name),
-                                    spec=spec)
-        print(f"  report: {html_path} (and report.md beside it)", flush=True)
-    except Exception as error:  # noqa: BLE001 (anything: the study is done, its report is not)
-        print(f"medtune: the report was not written ({type(error).__name__}: {error}); "
-              f"`medtune report --study {study.study_name}` writes it", file=sys.stderr)
-
-
-def _plan_gpus(args: argparse.Namespace) -> list[str | None]:
-    """Each worker's GPU (None: its devices as they are); sets `args.workers` to their number.
-    One worker runs in this process, which then sees only its GPU (before TensorFlow uses one)."""
-    from search import devices
-
-    chosen = devices.parse_gpus(args.gpus)
-    available = devices.available_gpus() if chosen or args.workers != 1 else []
-    gpus = devices.assign_gpus(args.workers, chosen, available)
-    args.workers = len(gpus)
-    if len(gpus) == 1 and gpus[0] is not None:
-        os.environ[devices.VISIBLE] = gpus[0]
-    devices.prepare_gpus()
-    return gpus
-
-
-def _device_line(gpus: list[str | None], precision: str) -> str:
-    from search.devices import banner_line
-
-    return banner_line(gpus) + ("" if precision == "float32" else f", precision {precision}")
-
-
-def _worker_envs(gpus: list[str | None], base: dict[str, str]) -> list[dict[str, str]]:
-    """The environment of each worker: its number, and only its GPU visible when it has one."""
-    from search.devices import GPU_ENV, VISIBLE
-
-    return [{**GPU_ENV, **base, WORKER_ENV: str(i), **({VISIBLE: gpu} if gpu is not None else {})}
-            for i, gpu in enumerate(gpus)]
-
-
-def _worker_argv(argv: list[str]) -> list[str]:
-    """This command without --workers, --gpus and --refit-epochs: what each worker runs (the
-    refit, like the finalists' re-check, runs once, in this process, when the workers are
-    done)."""
-    flags = ("--workers", "--gpus", "--refit-epochs")
-    return [a for i, a in enumerate(argv)
-            if a not in flags and (i == 0 or argv[i - 1] not in flags)
-            and not a.startswith(tuple(f"{f}=" for f in flags))]
-
-
-def _run_workers(gpus: list[str | None], argv: list[str]) -> int:
-    """Start one process of this same command per entry of `gpus`, each a worker that sees only
-    its GPU; wait; count failures."""
-    command = [sys.executable, "-m", "search.cli", *_worker_argv(argv)]
-    workers = [subprocess.Popen(command, env=env) for env in _worker_envs(gpus, dict(os.environ))]
-    print(f"medtune: {len(workers)} workers started (pids "
-          f"{', '.join(str(w.pid) for w in workers)})", flush=True)
-    return sum(w.wait() != 0 for w in workers)
-
-
-def _compare(args: argparse.Namespace) -> int:
-    from search import compare, plots
-    from search.settings import DEFAULT_STORAGE
-    from search.tracking import log_comparison
-    from search.urls import mask_password
-
-    names = [n for n in args.studies.replace(",", " ").split() if n]
-    table = compare.best_trials(args.storage or DEFAULT_STORAGE, names, top=args.top)
-    if table.empty:
-        raise ValueError(f"no completed trials in {', '.join(names)} yet: run `medtune tune` first")
-    text = compare.markdown(table)
-    print(text)
-    run_id = log_comparison(
-        f"compare {' vs '.join(names)}",
-        {"best_trials.md": text, "best_trials.csv": table.to_csv(index=False)},
-        plots.best_trials_bars(table), experiment=args.experiment, tracking_uri=args.tracking_uri,
-        params={"studies": " ".join(names), "top": args.top,
-                "storage": mask_password(args.storage or DEFAULT_STORAGE)},
-    )
-    print(f"logged to MLflow run {run_id}")
-    return 0
-
-
-def _export(args: argparse.Namespace) -> int:
-    from search.export import export_best
-    from search.settings import DEFAULT_STORAGE
-
-    done = export_best(args.study, args.storage or DEFAULT_STORAGE, name=args.name,
-                       replay=args.replay, tolerance=args.tolerance,
-                       tracking_uri=args.tracking_uri, experiment=args.experiment)
-    model = done.registered
-    source = (f"trial {done.trial}'s refit" if done.champion == "refit"
-              else f"trial {done.trial}") + f" ({done.value:.4f} on validation)"
-    if done.model_id:
-        print(f"\nthe study's champion: {source}, kept in MLflow as models:/{done.model_id}")
-    if done.replayed is not None:
-        print(f"replayed trial {done.trial}: {done.replayed:.4f} (recorded {done.recorded:.4f}, "
-              f"tolerance {done.tolerance})")
-    print(f"registered {model.name} version {model.version} as champion"
-          + (f"; version {model.previous} is now challenger" if model.previous else ""))
-    print(f"  predict: mlflow.pyfunc.load_model({model.model_uri!r}).predict(['image.png'])")
-    print(f"  serve:   mlflow models serve -m {model.model_uri} --env-manager local -p 5001")
-    print(f"  Keras:   mlflow.keras.load_model({model.keras_uri!r})")
-    return 0
-
-
-def _dashboard(args: argparse.Namespace) -> int:
-    """optuna-dashboard on the same Optuna storage the studies use (a journal file too)."""
-    from optuna_dashboard import run_server
-
-    from search.recovery import open_storage
-    from search.settings import DEFAULT_STORAGE
-    from search.urls import mask_password
-
-    storage = args.storage or DEFAULT_STORAGE
-    print(f"medtune: optuna-dashboard of {mask_password(storage)} on "
-          f"http://127.0.0.1:{args.port} (Ctrl-C stops it)", flush=True)
-    run_server(open_storage(storage), host="127.0.0.1", port=args.port)
-    return 0
-
-
-def _print_summary(study, tracker, objective: str, target: int, seconds: float,
-                   why: str) -> None:
-    import optuna
-
-    from search.finalists import summary_lines
-    from search.limits import COUNTED, counted_trials
-    from search.records import FINALISTS_ATTR, REFIT_ATTR, TEST_ATTR, champion_trial
-
-    TS = optuna.trial.TrialState
-    failed = study.get_trials(deepcopy=False, states=(TS.FAIL,))
-    retried = {n for t in study.get_trials(deepcopy=False)
-               for n in t.user_attrs.get("retry_history", [])}
-    counts = [(len(study.get_trials(deepcopy=False, states=(s,))), s.name.lower())
-              for s in COUNTED]
-    counts += [(sum(t.number not in retried for t in failed), "failed"),
-               (sum(t.number in retried for t in failed), "retried (worker lost or interrupted)")]
-    print(f"\n=== {study.study_name}: {counted_trials(study)} of {target} trials done: "
-          f"{', '.join(f'{n} {what}' for n, what in counts)}; {_duration(seconds)}")
-    print(f"stopped because {why}")
-    if counts[0][0]:
-        recheck = study.user_attrs.get(FINALISTS_ATTR)
-        if recheck:
-            print("\n".join(summary_lines(recheck, objective)))
-        best = champion_trial(study)
-        print(f"{'champion' if recheck else 'best trial'}: #{best.number}  {objective} = "
-              f"{best.value:.4f}" + (" in the search, {mean:.4f} ± {sd:.4f} over {n} runs".format(
-                  **recheck["results"][str(best.number)]) if recheck else ""))
-        for key, value in best.params.items():
-            print(f"  {key:16} {value}")
-        print(f"best trial's MLflow run: {best.user_attrs.get('mlflow_run_id')}")
-        refit = study.user_attrs.get(REFIT_ATTR)
-        if refit and refit["trial"] == best.number:
-            print(f"refit of trial #{best.number} from epoch {refit['from_epoch']} to "
-                  f"{refit['epochs']}: {objective} {refit['value']:.4f} at epoch "
-                  f"{refit['best_epoch']} ("
-                  + ("the champion" if refit["champion"] else
-                     "not above the trial's: the trial's weights stay the champion") + ")")
-        test = study.user_attrs.get(TEST_ATTR)
-        if test and test["trial"] == best.number:  # judged once, never used to select
-            which = "refit" if test.get("model") == "refit" else "best trial"
-            scores = ", ".join(f"{k} {v:.4f}" for k, v in test.items()
-                               if k.startswith("test_") and k != "test_loss")
-            print(f"{which} on the test split ({test['n_test']} images, never used to select): "
-                  + scores)
-    print(f"study's MLflow run:      {tracker.parent_run_id} "
-          f"(experiment {tracker.experiment_id})")
-    print(f"look at it:              {tracker.ui_hint()}")
-
-
-def _duration(seconds: float) -> str:
-    """`37 s`, or `1684 s (28 min 4 s)`."""
-    if seconds < 60:
-        return f"{seconds:.0f} s"
-    return f"{seconds:.0f} s ({int(seconds // 60)} min {seconds % 60:.0f} s)"
 
 
 def run() -> None:
     """The `medtune` command: `main`, restarting the process when a worker asks for it."""
-    from search import worker  # its clock starts before the study's imports
+    from search.runtime import worker  # its clock starts before the study's imports
 
     code = main()
     if code == worker.RESTART:

@@ -7,10 +7,18 @@ from __future__ import annotations
 import optuna
 
 TS = optuna.trial.TrialState
-TEST_ATTR = "medtune_test"  # study: the champion scored once on the test split
-REFIT_ATTR = "medtune_refit"  # study: the champion's refit (`search.refit`): trial, epochs, values
-FINALISTS_ATTR = "medtune_finalists"  # study: the re-check and its champion (`search.finalists`)
-MODEL_ATTR = "model_id"  # trial: the id of its kept model in MLflow (`search.kept`)
+# study: the champion scored once on the test split
+TEST_ATTR = "medtune_test"
+# study: the champion's refit (`search.champion.refit`): trial, epochs, values
+REFIT_ATTR = "medtune_refit"
+# study: the re-check and its champion (`search.champion.finalists`)
+FINALISTS_ATTR = "medtune_finalists"
+# trial: the id of its kept model in MLflow (`search.champion.kept`)
+MODEL_ATTR = "model_id"
+# trial: "host:pid:start" of the process running it (`search.runtime.worker.owner_id`)
+OWNER_ATTR = "owner"
+# trial: the number of the (first) trial that this one retries (`search.engines.recovery`)
+RETRY_OF = "retry_of"
 
 
 def ranked(study: optuna.Study, extra: tuple[int, float] | None = None) -> list[int]:
@@ -43,7 +51,8 @@ def current_finalists(study: optuna.Study, order: list[int] | None = None) -> di
 
 
 def ensemble_id(study: optuna.Study) -> str | None:
-    """The kept ensemble's model id while the ensemble is the champion (`search.ensemble`)."""
+    """The kept ensemble's model id while the ensemble is the champion
+    (`search.champion.ensemble`)."""
     ensemble = (current_finalists(study) or {}).get("ensemble") or {}
     return ensemble.get("model_id") if ensemble.get("chosen") else None
 
@@ -61,3 +70,8 @@ def lab_recipe(study: optuna.Study) -> int | None:
     its model is kept beside the best `top_k` as the bar the report sets the champion against."""
     return min((t.number for t in study.get_trials(deepcopy=False)
                 if t.user_attrs.get("baseline")), default=None)
+
+
+def retried_from(trial: optuna.Trial) -> int | None:
+    """The number of the (first) trial that this one retries, if it is a retry."""
+    return trial.user_attrs.get(RETRY_OF)

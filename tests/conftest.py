@@ -34,7 +34,7 @@ def write_png(path: Path, seed: int, size: int = 40, mode: str = "L") -> Path:
 def data_settings() -> dict:
     """`loader.load`'s study settings, `split` and `synthetic`, as `studies/_defaults.toml` has
     them."""
-    from search.spec import DEFAULTS, parse_study, studies_dir
+    from search.spec.study_files import DEFAULTS, parse_study, studies_dir
 
     defaults = parse_study((studies_dir() / DEFAULTS).read_text(), DEFAULTS)
     return {"split": defaults["split"], "synthetic": defaults["synthetic"]}
@@ -69,10 +69,10 @@ TS = optuna.trial.TrialState
 
 @pytest.fixture
 def trial_run(tmp_path):
-    """A trial's MLflow run in a fresh SQLite tracking store, for `search.trial.run_trial`."""
+    """A trial's MLflow run in a fresh SQLite tracking store, for `search.trial.run.run_trial`."""
     from mlflow.tracking import MlflowClient
 
-    from search.tracking import TrialRun
+    from search.tracking.trial_run import TrialRun
 
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     # Without a location MLflow puts artifacts in ./mlruns of the working directory: the repo's.

@@ -313,8 +313,8 @@ def test_the_lab_grid_runs_every_baseline_whatever_budget_it_is_marked_for():
     # lenet_skin's second baseline is marked for the lab budget only; the grid's study of it
     # (quick budget) must still queue it, not sample a trial in its place.
     from bench.search_efficiency import variants
-    from search.spec import baseline_params, load_spec
-    from search.study import queued_baselines
+    from search.spec.study_files import baseline_params, load_spec
+    from search.study.run import queued_baselines
 
     spec = load_spec("lenet_skin")
     assert any(b["budgets"] == ["lab"] for b in spec.baselines)

@@ -4,9 +4,9 @@ weights even when that epoch came before the retry, and its patience counts the 
 import keras
 import numpy as np
 
-from search.checkpoints import Checkpoint
-from search.training import EarlyStoppingFrom
-from search.trial import TrialHistory
+from search.trial.checkpoints import Checkpoint
+from search.trial.run import TrialHistory
+from search.trial.training import EarlyStoppingFrom
 
 
 class Scores(keras.callbacks.Callback):

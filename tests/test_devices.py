@@ -1,12 +1,12 @@
 """Devices without a GPU: nvidia-smi's listing is injected, and the workers' environments are
 built without starting a worker."""
 
-import argparse
 from pathlib import Path
 
 import pytest
 
-from search import cli, devices
+from search import cli
+from search.runtime import devices, worker
 
 REPO = Path(__file__).resolve().parents[1]
 TWO_GPUS = "0, NVIDIA H200, 143771\n1, NVIDIA H200, 143771\n"
@@ -72,13 +72,13 @@ def test_gpus_and_workers_arguments():
 
 def test_each_worker_sees_only_its_gpu():
     base = {"PATH": "/bin", "CUDA_DEVICE_ORDER": "FASTEST_FIRST"}
-    envs = cli._worker_envs(["0", "2", "0"], base)
+    envs = devices.worker_envs(["0", "2", "0"], base)
     assert [e["CUDA_VISIBLE_DEVICES"] for e in envs] == ["0", "2", "0"]
-    assert [e[cli.WORKER_ENV] for e in envs] == ["0", "1", "2"]
+    assert [e[worker.WORKER_ENV] for e in envs] == ["0", "1", "2"]
     assert all(e["PATH"] == "/bin" and e["TF_FORCE_GPU_ALLOW_GROWTH"] == "true" for e in envs)
     assert envs[0]["CUDA_DEVICE_ORDER"] == "FASTEST_FIRST"  # the user's setting stays
-    (cpu,) = cli._worker_envs([None], base)
-    assert "CUDA_VISIBLE_DEVICES" not in cpu and cpu[cli.WORKER_ENV] == "0"
+    (cpu,) = devices.worker_envs([None], base)
+    assert "CUDA_VISIBLE_DEVICES" not in cpu and cpu[worker.WORKER_ENV] == "0"
 
 
 def test_workers_run_the_command_without_workers_gpus_and_the_refit():
@@ -86,23 +86,20 @@ def test_workers_run_the_command_without_workers_gpus_and_the_refit():
             "--workers=3", "--gpus=", "--finalists", "3", "--refit-epochs=9"]
     # The refit runs once, in the command's own process, after the workers; the workers keep
     # --finalists, to keep their epochs in the budget, and leave the re-check to it.
-    assert cli._worker_argv(argv) == ["tune", "--task", "vgg_skin", "--seed", "1",
+    assert worker.worker_argv(argv) == ["tune", "--task", "vgg_skin", "--seed", "1",
                                       "--finalists", "3"]
 
 
 def test_plan_gpus_resolves_auto_and_restricts_a_single_worker(monkeypatch):
     monkeypatch.setattr(devices, "available_gpus", lambda: ["0", "1", "2"])
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
-    args = argparse.Namespace(workers=None, gpus="0,2")
-    assert cli._plan_gpus(args) == ["0", "2"] and args.workers == 2
+    assert devices.plan_gpus(None, "0,2") == ["0", "2"]
     import os
 
     assert "CUDA_VISIBLE_DEVICES" not in os.environ  # the workers get theirs
-    args = argparse.Namespace(workers=1, gpus="2")
-    assert cli._plan_gpus(args) == ["2"] and os.environ["CUDA_VISIBLE_DEVICES"] == "2"
+    assert devices.plan_gpus(1, "2") == ["2"] and os.environ["CUDA_VISIBLE_DEVICES"] == "2"
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
-    args = argparse.Namespace(workers=None, gpus=None)
-    assert cli._plan_gpus(args) == ["0", "1", "2"] and args.workers == 3
+    assert devices.plan_gpus(None, None) == ["0", "1", "2"]
 
 
 def test_banner_line_says_where_the_study_trains(monkeypatch):

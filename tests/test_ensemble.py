@@ -50,11 +50,11 @@ def test_held_in_scores_are_the_trials_own(tiny_skin, trial_run, loss):
     `evaluate` gives (hinge: -1/+1 targets, margins), so an ensemble and a finalist are
     compared on one scale."""
     from datasets import loader
-    from search.ensemble import score, validation_outputs
-    from search.problems import make_problem
-    from search.spec import load_spec
-    from search.training import fresh_keras_session
-    from search.trial import run_trial
+    from search.champion.ensemble import score, validation_outputs
+    from search.spec.study_files import load_spec
+    from search.trial.problems import make_problem
+    from search.trial.run import run_trial
+    from search.trial.training import fresh_keras_session
 
     spec = load_spec("lenet_skin")
     problem = make_problem(spec, loader.load(spec.data, tiny_skin, 32, split=spec.split,

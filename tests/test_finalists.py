@@ -10,7 +10,7 @@ import pytest
 from conftest import TS, runs, tune
 
 from search.cli import main
-from search.limits import epochs_spent
+from search.engines.limits import epochs_spent
 
 
 def study_file(folder, selection: str) -> str:
@@ -136,8 +136,8 @@ def test_the_finalists_ensemble_is_weighed_on_their_folds_and_taken_as_one_model
     images beside the champion's own runs. Where it wins, it is the champion the test split,
     export and the summary take; the win is forced here (its real verdict is checked), so the
     path is tested whatever the tiny data decides."""
-    import search.finalists
-    from search import ensemble as ensemble_module
+    import search.champion.finalists
+    from search.champion import ensemble as ensemble_module
 
     skin = tiny_skin / "Lab2" / "Skin"
     shutil.copytree(skin / "validation", skin / "test")
@@ -152,7 +152,7 @@ def test_the_finalists_ensemble_is_weighed_on_their_folds_and_taken_as_one_model
         verdicts.append(dict(weighed))
         return {**weighed, "chosen": True}
 
-    monkeypatch.setattr(search.finalists, "weigh", weigh_and_take)
+    monkeypatch.setattr(search.champion.finalists, "weigh", weigh_and_take)
     assert tune(workdir, "--task", task, "--n-trials", "3", "--finalists", "2",
                 "--refit-epochs", "4", "--data-dir", str(tiny_skin)) == 0
     out = capsys.readouterr().out
@@ -197,8 +197,8 @@ def test_an_epoch_budget_re_checks_fewer_finalists_than_would_swallow_it():
     import numpy as np
     from optuna.trial import create_trial
 
-    from search.finalists import planned, room
-    from search.spec import load_spec
+    from search.champion.finalists import planned, room
+    from search.spec.study_files import load_spec
 
     spec = load_spec("lenet_skin")
     spec = dataclasses.replace(spec, selection={**spec.selection, "top_k": 3, "folds": 3,

@@ -23,7 +23,7 @@ def test_keras_tuner_runs_hyperband_with_parent_and_child_runs(workdir, tiny_ski
         # Hyperband's epochs: a continued trial logs the epochs it added, numbered as such.
         start = int(child.data.params["initial_epoch"])
         assert steps == list(range(start + 1, int(child.data.params["epochs"]) + 1))
-        # The same trial as an Optuna one (`search.trial.run_trial`): curves, confusion
+        # The same trial as an Optuna one (`search.trial.run.run_trial`): curves, confusion
         # matrix, ROC, the model's summary and the trial's columns.
         plots = {a.path for a in client.list_artifacts(child.info.run_id, "plots")}
         assert {"plots/learning_curves.png", "plots/confusion_matrix.png",

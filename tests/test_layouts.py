@@ -8,7 +8,7 @@ from PIL import Image
 from datasets import loader
 from datasets.catalog import CATALOG
 from datasets.errors import DataError
-from search.spec import load_spec, studies_dir
+from search.spec.study_files import load_spec, studies_dir
 
 
 def load(data, data_dir, image_size, **settings):

@@ -9,10 +9,10 @@ import pytest
 
 from datasets import loader
 from models import build_model, settings_from
-from search.problems import make_problem
-from search.spec import load_spec
-from search.training import fresh_keras_session, precision_policy
-from search.trial import run_trial
+from search.spec.study_files import load_spec
+from search.trial.problems import make_problem
+from search.trial.run import run_trial
+from search.trial.training import fresh_keras_session, precision_policy
 
 MIXED = "mixed_float16"
 

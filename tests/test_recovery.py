@@ -13,7 +13,7 @@ from conftest import TS
 from mlflow.tracking import MlflowClient
 from servers import ctrl_c_reaches_it
 
-from search.worker import owner_alive, owner_id
+from search.runtime.worker import owner_alive, owner_id
 
 COUNTED = (TS.COMPLETE, TS.PRUNED)
 REPO = Path(__file__).resolve().parents[1]
@@ -43,7 +43,7 @@ def child_env(tmp_path: Path) -> dict[str, str]:
 
 
 def load(storage: str, name: str) -> optuna.Study:
-    from search.recovery import open_storage
+    from search.runtime.storages import open_storage
 
     return optuna.load_study(study_name=name, storage=open_storage(storage))
 
@@ -281,8 +281,8 @@ def test_resident_memory_stays_bounded_over_30_trials(tmp_path):
 
 def test_a_silent_worker_on_another_host_is_failed_by_the_heartbeat(tmp_path):
     """What the owner check cannot see (another machine's worker), the heartbeat does."""
-    from search.recovery import Recovery
-    from search.tracking import StudyTracker
+    from search.engines.recovery import Recovery
+    from search.tracking.study_run import StudyTracker
 
     recovery = Recovery({"heartbeat_interval": 1, "grace_period": 2, "retries": 1})
     study = optuna.create_study(study_name="remote", storage=recovery.storage(

@@ -10,7 +10,7 @@ import pytest
 from conftest import runs, tune
 
 from search.cli import main
-from search.report import wilson
+from search.report.numbers import wilson
 
 
 def test_wilson_interval_matches_its_formula_and_stays_in_bounds():

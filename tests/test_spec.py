@@ -3,9 +3,10 @@
 import optuna
 import pytest
 
-from search.consumers import AUGMENTATIONS
-from search.pruners import make_pruner
-from search.spec import active, load_spec, spec_from_record, suggest, task_names
+from search.spec.consumers import AUGMENTATIONS
+from search.spec.pruners import make_pruner
+from search.spec.space import active, suggest
+from search.spec.study_files import load_spec, spec_from_record, task_names
 
 ISSUE_TASKS = {"mlp_skin", "lenet_skin", "alexnet_skin", "vgg_skin", "vgg_bone"}
 
@@ -189,7 +190,7 @@ aug_zoom = 0.05
     seen = []
     for _ in range(12):
         trial = study.ask()
-        params = suggest(trial, spec)
+        params = suggest(trial, spec.space, spec.conditions)
         seen.append(params["augment"])
         assert params["augment"] == any(k.startswith("aug_") for k in params)
         study.tell(trial, 0.0)
@@ -356,7 +357,7 @@ size = 64
 
 
 def test_the_quick_budget_queues_the_lab_recipe_and_the_lab_budget_every_baseline():
-    from search.study import enqueue_baselines
+    from search.study.run import enqueue_baselines
 
     spec = load_spec("vgg_bone")  # five baselines, none marked for a budget
     queued = {}

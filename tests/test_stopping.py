@@ -3,8 +3,8 @@
 import pytest
 from conftest import TS, finished, runs, tune
 
-from search.stopping import StuckOrDiverged
-from search.training import TrialFailed
+from search.outcomes import TrialFailed
+from search.trial.stopping import StuckOrDiverged
 
 SETTINGS = {"stuck_after_epochs": 3, "diverged_loss_factor": 100.0}
 

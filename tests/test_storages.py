@@ -3,7 +3,7 @@
 import optuna
 import pytest
 
-from search.recovery import Recovery
+from search.engines.recovery import Recovery
 
 SETTINGS = {"heartbeat_interval": 20, "grace_period": 120, "retries": 1}
 

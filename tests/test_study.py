@@ -15,8 +15,8 @@ from conftest import finished, runs, tune
 from mlflow.tracking import MlflowClient
 
 from search.cli import main
-from search.spec import load_spec
-from search.worker import FreezeSurvivors
+from search.runtime.worker import FreezeSurvivors
+from search.spec.study_files import load_spec
 
 REPO = Path(__file__).resolve().parents[1]
 TS = optuna.trial.TrialState
@@ -298,7 +298,7 @@ def test_a_random_sampler_and_an_epoch_budget_from_the_study_file(workdir, tiny_
 
 
 def test_passwords_in_urls_are_masked():
-    from search.urls import mask_password
+    from search.runtime.urls import mask_password
 
     assert mask_password("postgresql+psycopg2://medtune:s3cr@t@db:5432/optuna") == (
         "postgresql+psycopg2://medtune:***@db:5432/optuna")
@@ -405,8 +405,8 @@ def test_a_study_continued_with_another_split_or_synthetic_set_is_refused(tmp_pa
     made before they were recorded agrees on them."""
     import dataclasses
 
-    from search.settings import resolve_settings
-    from search.study import SETTINGS_ATTR, open_study
+    from search.spec.settings import resolve_settings
+    from search.study.run import SETTINGS_ATTR, open_study
 
     spec = load_spec("unet_xray")
     settings = resolve_settings(spec, storage=f"sqlite:///{tmp_path}/o.db", n_trials=1)

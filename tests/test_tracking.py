@@ -16,19 +16,10 @@ from conftest import tune
 from mlflow.tracking import MlflowClient
 
 from search.cli import main
-from search.tracking import (
-    JOIN_WAIT_SECONDS,
-    KIND,
-    KIND_TAG,
-    MAKER_ATTR,
-    OUTER_ATTR,
-    PARENT_ATTR,
-    StudyTracker,
-    _finish_system_metrics,
-    _system_metrics,
-    log_params,
-)
-from search.worker import owner_id
+from search.runtime.worker import owner_id
+from search.tracking.joining import JOIN_WAIT_SECONDS, MAKER_ATTR, OUTER_ATTR, PARENT_ATTR
+from search.tracking.runs import KIND, KIND_TAG, finish_system_metrics, log_params, system_metrics
+from search.tracking.study_run import StudyTracker
 
 
 def project_run(client: MlflowClient, experiment: str, entry_point: str, **params: str) -> str:
@@ -60,9 +51,9 @@ def test_log_params_keeps_mlflow_runs_values_and_records_resolved_ones(workdir):
 
 def test_a_run_shorter_than_one_sample_interval_still_gets_system_metrics(trial_run):
     # MLflow's monitor drops the interval it is in when stopped; medtune publishes it.
-    monitor = _system_metrics(trial_run.client, trial_run.run_id)
+    monitor = system_metrics(trial_run.client, trial_run.run_id)
     assert monitor is not None, "psutil is a dependency: the monitor must start"
-    _finish_system_metrics(monitor)  # at once: well inside the first 1 s interval
+    finish_system_metrics(monitor)  # at once: well inside the first 1 s interval
     metrics = trial_run.client.get_run(trial_run.run_id).data.metrics
     assert any(k.startswith("system/cpu_utilization") for k in metrics), sorted(metrics)
     assert any(k.startswith("system/system_memory_usage") for k in metrics)

@@ -4,7 +4,8 @@ import math
 
 import pytest
 
-from search.training import TrialFailed, best_epoch, check_finite
+from search.outcomes import TrialFailed
+from search.trial.training import best_epoch, check_finite
 
 
 def test_best_epoch_is_the_first_maximum_and_one_based():
@@ -26,10 +27,10 @@ def test_a_trial_has_no_per_batch_callback_and_stops_on_a_non_finite_loss(tiny_s
     import keras
 
     from datasets import loader
-    from search.problems import make_problem
-    from search.spec import load_spec
-    from search.training import StopOnNonFinite, fresh_keras_session
-    from search.trial import run_trial
+    from search.spec.study_files import load_spec
+    from search.trial.problems import make_problem
+    from search.trial.run import run_trial
+    from search.trial.training import StopOnNonFinite, fresh_keras_session
 
     seen = []
     original = keras.Model.fit

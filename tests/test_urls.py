@@ -3,9 +3,9 @@
 import optuna
 import pytest
 
-from search.manifest import manifest
-from search.plots import trials_table
-from search.urls import mask_password
+from search.runtime.urls import mask_password
+from search.tracking.manifest import manifest
+from search.tracking.plots import trials_table
 
 SECRET = "s3cr/et@x"
 MASKED = {  # URL -> as shown

@@ -1,0 +1,1 @@
+"""A study from start to end: created or continued, searched, its dead workers' trials recovered."""
