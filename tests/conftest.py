@@ -1,4 +1,6 @@
 import os
+import shutil
+import sqlite3
 
 # Before TensorFlow is imported anywhere: keep its start-up chatter out of the test log.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -120,3 +122,40 @@ def finished(workdir, name):
     return loaded.get_trials(states=(TS.COMPLETE, TS.PRUNED, TS.FAIL))
 
 
+
+
+@pytest.fixture(scope="session")
+def lenet_template(tmp_path_factory) -> Path:
+    """A 2-trial LeNet study of a tiny Skin set, trained once per test session; tests that only
+    read it, or change a copy of it, take `copy_stores(lenet_template, ...)` instead of training
+    their own. Its checkpoint folder is `checkpoints/` inside it."""
+    from datasets import synthetic
+
+    root = tmp_path_factory.mktemp("lenet_template")
+    synthetic.write_skin(root / "course", n_train=24, n_val=12, size=32, seed=1)
+    stores = root / "stores"
+    stores.mkdir()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(stores)
+        for name in ("MLFLOW_RUN_ID", "MLFLOW_TRACKING_URI"):
+            patch.delenv(name, raising=False)
+        patch.setenv("MEDTUNE_CACHE", str(root / "cache"))
+        patch.setenv("MEDTUNE_CHECKPOINTS", str(root / "checkpoints"))
+        assert tune(stores, "--task", "lenet_skin", "--n-trials", "2", "--data-dir",
+                    str(root / "course")) == 0
+    return stores
+
+
+def copy_stores(template: Path, dest: Path) -> Path:
+    """A copy of a study's stores (optuna.db, mlflow.db, mlruns/) in `dest`, its artifact
+    locations renamed to the copy's, so that a test may change it as its own."""
+    shutil.copytree(template, dest, dirs_exist_ok=True)
+    with sqlite3.connect(dest / "mlflow.db") as db:
+        tables = [name for (name,) in db.execute("SELECT name FROM sqlite_master "
+                                                 "WHERE type = 'table'")]
+        for table in tables:
+            for column in [c[1] for c in db.execute(f"PRAGMA table_info({table})")
+                           if c[2].upper().startswith(("VARCHAR", "TEXT"))]:
+                db.execute(f"UPDATE {table} SET {column} = replace({column}, ?, ?) "
+                           f"WHERE {column} LIKE ?", (str(template), str(dest), f"%{template}%"))
+    return dest

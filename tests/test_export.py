@@ -19,7 +19,7 @@ import mlflow.pyfunc
 import numpy as np
 import optuna
 import pytest
-from conftest import runs, tune, write_png
+from conftest import copy_stores, runs, tune, write_png
 from mlflow.tracking import MlflowClient
 
 from search.cli import main
@@ -36,13 +36,13 @@ def export_runs(workdir):
 
 
 @pytest.fixture
-def lenet_study(workdir, tiny_skin):
-    assert tune(workdir, "--task", "lenet_skin", "--n-trials", "2", "--data-dir",
-                str(tiny_skin)) == 0
-    return workdir
+def lenet_study(workdir, lenet_template):
+    """The session's 2-trial LeNet study, copied: each test may change its own."""
+    return copy_stores(lenet_template, workdir)
 
 
-def test_export_registers_the_kept_champion_without_retraining(lenet_study, capsys):
+def test_export_registers_the_kept_champion_without_retraining(lenet_study, lenet_template,
+                                                              capsys):
     workdir = lenet_study
     study = optuna.load_study(study_name="lenet_skin", storage=f"sqlite:///{workdir}/optuna.db")
     kept = study.best_trial.user_attrs["model_id"]
@@ -55,7 +55,8 @@ def test_export_registers_the_kept_champion_without_retraining(lenet_study, caps
     assert run.info.status == "FINISHED" and run.data.tags["medtune.model_id"] == kept
     assert run.data.metrics["recorded_value"] == pytest.approx(study.best_value)
     assert "val_accuracy" not in run.data.metrics  # nothing was trained
-    assert not any(Path(os.environ["MEDTUNE_CHECKPOINTS"]).rglob("*.h5"))  # nor kept on disk
+    # nor kept on disk where the study trained
+    assert not any((lenet_template.parent / "checkpoints").rglob("*.h5"))
     client = MlflowClient(f"sqlite:///{workdir}/mlflow.db")
     # The Keras flavor beside the pyfunc, with its signature and input example.
     keras_model = Path(client.download_artifacts(run.info.run_id, "keras_model", str(workdir)))

@@ -62,6 +62,7 @@ def test_every_readme_mlflow_run_command_works_as_written(tmp_path, tiny_course)
     assert "<h2>Results</h2>" in (copy / "reports" / "vgg_skin" / "report.html").read_text()
     client = MlflowClient(f"sqlite:///{copy}/mlflow.db")
     assert str(client.get_model_version_by_alias("vgg_skin", "champion").version) == "1"
+    study_run_under_mlflow_run(client, copy)
     every = client.search_runs([e.experiment_id for e in client.search_experiments()])
     # Every run ended; all but the dashboard's FINISHED (stopped with Ctrl-C, it ends as the
     # race between `mlflow run` and the server decides: FINISHED, KILLED or FAILED).
@@ -70,6 +71,33 @@ def test_every_readme_mlflow_run_command_works_as_written(tmp_path, tiny_course)
     assert {r.info.status for r in every if r not in served} == {"FINISHED"}
     assert "optuna-dashboard of sqlite:///optuna.db on http://127.0.0.1:8080" in outputs[
         "mlflow run . -e dashboard --env-manager local"]
+
+
+def study_run_under_mlflow_run(client: MlflowClient, copy: Path) -> None:
+    """`mlflow run . -e tune`: the run `mlflow run` made is the study's run, its trials its
+    children (two levels); `mlflow run . -e export`, whose run already holds the entry point's
+    params (`storage=''`, `tolerance=''`), registers the kept model, trains nothing."""
+    import optuna
+
+    experiment = client.get_experiment_by_name("vgg_skin")
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    by_id = {r.info.run_id: r for r in client.search_runs([experiment.experiment_id])}
+    (trial_run,) = [r for r in by_id.values() if "medtune.trial_number" in r.data.tags]
+    study_run = by_id[trial_run.data.tags["mlflow.parentRunId"]]
+    assert "mlflow.parentRunId" not in study_run.data.tags
+    assert study_run.info.run_name == "vgg_skin"
+    assert study_run.data.tags["mlflow.project.entryPoint"] == "tune"
+    assert study_run.data.params["n_trials"] == "1" and study_run.data.params["budget"] == "quick"
+    assert study_run.data.params["timeout"] == "''"  # as `mlflow run` logged it; medtune's value:
+    assert study_run.data.params["resolved.timeout"] == "420"
+    (version,) = client.search_model_versions("name = 'vgg_skin'")
+    export = client.get_run(version.run_id)
+    assert export.data.tags["mlflow.project.entryPoint"] == "export"
+    assert export.info.run_name == "export vgg_skin" and export.info.status == "FINISHED"
+    assert export.data.params["replay"] == "false"  # the kept model, not retrained:
+    best = optuna.load_study(study_name="vgg_skin", storage=f"sqlite:///{copy}/optuna.db"
+                             ).best_trial
+    assert export.data.tags["medtune.model_id"] == best.user_attrs["model_id"]
 
 
 def serves(argv: list[str], cwd: Path, env: dict[str, str], url: str) -> str:

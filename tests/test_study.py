@@ -3,16 +3,13 @@ SQLite stores: parent and child runs, per-epoch history, artifacts, pruning, fai
 
 import gc
 import json
-import os
 import subprocess
-import sys
 import weakref
 from pathlib import Path
 
 import optuna
 import pytest
 from conftest import finished, runs, tune
-from mlflow.tracking import MlflowClient
 
 from search.cli import main
 from search.runtime.worker import FreezeSurvivors
@@ -167,54 +164,6 @@ def test_bad_input_is_a_clear_error(workdir, capsys, args, message):
     err = capsys.readouterr().err
     assert err.startswith("medtune: error: ") and message in err
     assert "Traceback" not in err
-
-
-def test_mlflow_run_entry_points_tune_then_export(tmp_path, tiny_skin):
-    """`mlflow run . -e tune`: the run `mlflow run` made is the study's run, its trials are its
-    children (two levels); then the README's `mlflow run . -e export`, whose run already holds
-    the entry point's params (`storage=''`, `tolerance=''`), registers the model."""
-    uri, storage = f"sqlite:///{tmp_path}/mlflow.db", f"sqlite:///{tmp_path}/optuna.db"
-    # `--env-manager local` runs `python` from PATH: the venv's, as after `. .venv/bin/activate`.
-    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
-    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PATH": path}
-    env.pop("MLFLOW_RUN_ID", None)
-    command = [
-        sys.executable, "-m", "mlflow", "run", str(REPO), "-e", "tune", "--env-manager", "local",
-        "--experiment-name", "labs", "-P", "task=vgg_skin", "-P", "n_trials=1", "-P", "epochs=1",
-        "-P", "image_size=32", "-P", f"data_dir={tiny_skin}", "-P", f"storage={storage}",
-    ]
-    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=300)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-
-    client = MlflowClient(uri)
-    experiment = client.get_experiment_by_name("labs")
-    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
-    by_id = {r.info.run_id: r for r in client.search_runs([experiment.experiment_id])}
-    (trial_run,) = [r for r in by_id.values() if "medtune.trial_number" in r.data.tags]
-    study_run = by_id[trial_run.data.tags["mlflow.parentRunId"]]
-    assert len(by_id) == 2 and "mlflow.parentRunId" not in study_run.data.tags
-    assert study_run.info.run_name == "vgg_skin"
-    assert study_run.data.tags["mlflow.project.entryPoint"] == "tune"
-    assert study_run.data.params["n_trials"] == "1" and study_run.data.params["budget"] == "quick"
-    assert study_run.data.params["timeout"] == "''"  # as `mlflow run` logged it; medtune's value:
-    assert study_run.data.params["resolved.timeout"] == "420"
-    assert {r.info.status for r in by_id.values()} == {"FINISHED"}
-
-    command = [sys.executable, "-m", "mlflow", "run", str(REPO), "-e", "export",
-               "--env-manager", "local", "--experiment-name", "labs", "-P", "study=vgg_skin",
-               "-P", f"storage={storage}"]  # the command runs in the project's folder
-    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=300)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    (version,) = client.search_model_versions("name = 'vgg_skin'")
-    export = client.get_run(version.run_id)
-    assert export.data.tags["mlflow.project.entryPoint"] == "export"
-    assert export.info.run_name == "export vgg_skin" and export.info.status == "FINISHED"
-    assert export.data.params["replay"] == "false"  # the kept model, not retrained:
-    best = optuna.load_study(study_name="vgg_skin", storage=storage).best_trial
-    assert export.data.tags["medtune.model_id"] == best.user_attrs["model_id"]
-    assert client.get_model_version_by_alias("vgg_skin", "champion").version == version.version
 
 
 def test_a_diverging_trial_fails_with_the_reason(workdir, tiny_skin):

@@ -90,9 +90,10 @@ def folds(spec: StudySpec, problem, k: int) -> Iterator:
     data = problem.data
     x, y = (np.concatenate([data.x_train, data.x_val]), np.concatenate([data.y_train, data.y_val]))
     seed = spec.split["seed"]
-    splitter = (KFold(k, shuffle=True, random_state=seed) if data.layout == "pairs"
+    masks = problem.kind == "segmentation"  # no class to stratify by
+    splitter = (KFold(k, shuffle=True, random_state=seed) if masks
                 else StratifiedKFold(k, shuffle=True, random_state=seed))
-    for train, val in splitter.split(x, None if data.layout == "pairs" else y):
+    for train, val in splitter.split(x, None if masks else y):
         yield make_problem(spec, dataclasses.replace(
             data, x_train=x[train], y_train=y[train], x_val=x[val], y_val=y[val]))
 

@@ -52,7 +52,7 @@ class Keeper:
         data = self.problem.data
         return {"medtune": {
             "task": self.spec.name, "image_size": self.image_size,
-            "kind": "segmentation" if data.layout == "pairs" else "classification",
+            "kind": self.problem.kind,
             "class_names": data.class_names, "loss": config.get("loss", "")}}
 
     def keep(self, run: TrialRun, study_name: str, result, kind: str) -> str:

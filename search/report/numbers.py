@@ -114,8 +114,7 @@ def collect(study: optuna.Study, tracking_uri: str | None, *, spec=None, problem
               f"champion (#{champion.number})": _history(client, champion)}
     report = Report(
         study=study.study_name, task=spec.name, description=spec.description,
-        objective=spec.objective, kind="segmentation" if problem.data.layout == "pairs"
-        else "classification", data=_data(problem, params),
+        objective=spec.objective, kind=problem.kind, data=_data(problem, params),
         settings=settings, code=_code(parent, manifest), command=_command(spec.name, settings),
         rows=_rows(spec, problem, study, champion, lab_trial, client.tracking_uri),
         diff=_diff(lab_trial, champion), importances=_importances(study),
@@ -132,7 +131,7 @@ def _data(problem, params: dict[str, str]) -> dict[str, Any]:
     data = problem.data
     splits = {"train": data.y_train, "val": data.y_val,
               **({"test": data.extra["y_test"]} if "y_test" in data.extra else {})}
-    if data.layout == "pairs":
+    if problem.kind == "segmentation":
         counts = {s: {"images": len(y), "foreground share": round(float(y.mean()), 3)}
                   for s, y in splits.items()}
     else:

@@ -35,6 +35,8 @@ def augmentation_settings(params: Mapping[str, Any]) -> dict[str, Any]:
 class Classification:
     """Images (or features) and class labels; confusion matrix and, for two classes, ROC."""
 
+    kind = "classification"  # what every layer above asks of a problem, rather than its data
+
     def __init__(self, spec: StudySpec, data: TaskData):
         self.spec = spec
         self.data = data
@@ -127,6 +129,8 @@ class Classification:
 
 class Segmentation:
     """Images and 0/1 masks; dice, precision and recall; overlays of true and predicted masks."""
+
+    kind = "segmentation"
 
     def __init__(self, spec: StudySpec, data: TaskData):
         self.spec = spec
