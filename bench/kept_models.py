@@ -24,6 +24,7 @@ from pathlib import Path
 
 from bench import common
 from bench.default_run import mlflow_command, project_env, working_copy
+from search.records import facts  # (imports only Optuna)
 
 NAME = "kept_models"
 GOAL_S = 30.0
@@ -69,7 +70,7 @@ def storage(copy: Path, study: str) -> dict:
                                        filter_string=f"tags.`medtune.study` = '{study}'")
     models = [Path(m.artifact_location.removeprefix("file://")) for m in live]
     trials = optuna.load_study(study_name=study, storage=f"sqlite:///{copy}/optuna.db").trials
-    ever = [t for t in trials if "model_id" in t.user_attrs]
+    ever = [t for t in trials if facts(t).model_id]
     runs = client.search_runs(experiments, f"tags.`medtune.kind` = 'trial' and "
                               f"tags.`medtune.study` = '{study}'")
     keep = [(r.data.metrics["trial.keep_seconds"], r.data.metrics["trial.seconds"])

@@ -28,6 +28,7 @@ from typing import Any
 
 from bench import common
 from bench.probe import Probe, hooks, project_subclasses
+from search.records import facts  # (imports only Optuna)
 
 NAME = "overhead"
 BUDGETS: dict[str, dict[str, Any]] = {
@@ -183,7 +184,7 @@ def medtune_trial(spec, settings, tracking_uri: str) -> dict[str, float]:
     (trial,) = [t for t in study.trials if t.state.is_finished()]  # the rest wait in the queue
     if trial.state.name != "COMPLETE":
         raise RuntimeError(f"{settings.study_name}: the trial ended {trial.state.name}: "
-                           f"{trial.user_attrs.get('fail_reason')}")
+                           f"{facts(trial).fail_reason}")
     parts = probe.snapshot()
     parts["wall"] = wall
     parts["total"] = wall - parts.get("data load (cached)", 0.0)

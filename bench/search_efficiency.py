@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bench import common
+from search.records import facts  # (imports only Optuna)
 
 if TYPE_CHECKING:  # heavy imports stay inside the functions that need them
     import keras
@@ -220,12 +221,11 @@ def records(study: optuna.Study, engine: str) -> list[Trial]:
         # absolute ones (a promoted trial's first is initial_epoch + 1).
         initial = steps[0] - 1 if steps and engine == "keras-tuner" else 0
         values = [float(t.intermediate_values[s]) for s in steps]
+        f = facts(t)
         found.append(Trial(study.study_name, t.number, t.state.name, values,
-                           int(t.user_attrs.get("epochs_run", len(values))), initial,
-                           int(t.user_attrs.get("seed", t.number)), dict(t.params),
-                           t.user_attrs.get("mlflow_run_id", ""),
-                           bool(t.user_attrs.get("baseline")),
-                           "stopped_because" in t.user_attrs))
+                           len(values) if f.epochs_run is None else f.epochs_run, initial,
+                           f.seed_or_number(t.number), dict(t.params), f.run_id or "",
+                           bool(f.baseline), f.stopped_because is not None))
     return found
 
 
@@ -286,7 +286,7 @@ def run_engine(engine: str, specs: dict, data: DataSet, seed: int, budget: dict,
                                         **common_settings)
             study, _ = run_study(grid_spec, settings, tracking_uri=mlflow_url,
                                  experiment=EXPERIMENT, verbose=False, show_progress_bar=False)
-            if not all("baseline" in t.user_attrs for t in study.trials):
+            if not all(facts(t).baseline for t in study.trials):
                 raise RuntimeError(f"{key}-b{i}: the grid's trial is not the lab baseline")
             done = records(study, engine)
             trials += done

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import common
+from search.records import facts  # (imports only Optuna)
 
 NAME = "throughput"
 TASK = "vgg_skin"
@@ -132,7 +133,7 @@ def medtune_trial(spec, settings, tracking_uri: str) -> tuple[int, float]:
     (trial,) = [t for t in study.trials if t.state.is_finished()]
     if trial.state.name != "COMPLETE":
         raise RuntimeError(f"{settings.study_name}: the trial ended {trial.state.name}: "
-                           f"{trial.user_attrs.get('fail_reason')}")
+                           f"{facts(trial).fail_reason}")
     return clocks[0].timed_seconds()
 
 

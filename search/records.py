@@ -1,8 +1,13 @@
-"""What a study records on itself and reads back: the names of its user attributes and the
-pick they add up to. Everything above the trial reads the champion through here, so this
-module imports no other part of medtune (no circle can run through it)."""
+"""What a study and its trials record on themselves (Optuna user attributes) and read back: a
+trial's as one typed record (`TrialFacts`: `facts(trial)` reads it, `note(trial, ...)` writes
+it), the study's by the names below, and the pick they add up to. Everything above the trial
+reads them through here, so this module imports no other part of medtune (no circle can run
+through it)."""
 
 from __future__ import annotations
+
+import dataclasses
+from typing import Any, Protocol
 
 import optuna
 
@@ -13,12 +18,67 @@ TEST_ATTR = "medtune_test"
 REFIT_ATTR = "medtune_refit"
 # study: the re-check and its champion (`search.champion.finalists`)
 FINALISTS_ATTR = "medtune_finalists"
-# trial: the id of its kept model in MLflow (`search.champion.kept`)
-MODEL_ATTR = "model_id"
-# trial: "host:pid:start" of the process running it (`search.runtime.worker.owner_id`)
-OWNER_ATTR = "owner"
-# trial: the number of the (first) trial that this one retries (`search.engines.recovery`)
-RETRY_OF = "retry_of"
+
+
+@dataclasses.dataclass(frozen=True)
+class TrialFacts:
+    """What a trial records on itself as it runs, for the search, the champion, the summary,
+    compare, export and the benchmarks to read back. Epochs count from 1, as MLflow's steps do
+    (`best_epoch` 3: the third epoch), for every engine."""
+
+    run_id: str | None = None  # its MLflow child run
+    seed: int | None = None  # the seed it trained with (older studies: none recorded)
+    epochs: int | None = None  # its most epochs, where not the study's (Keras Tuner's rungs)
+    epochs_run: int | None = None  # the epochs it trained (a retry's include the earlier ones)
+    best_epoch: int | None = None  # the epoch whose weights and value it ended on
+    baseline: str | None = None  # a lab recipe's note: a lab baseline the study queued
+    start: str | None = None  # medtune's first guess's note
+    stopped_because: str | None = None  # stuck or collapsed: why it was stopped
+    pruned_at_epoch: int | None = None
+    fail_reason: str | None = None
+    model_id: str | None = None  # its kept model in MLflow (`search.champion.kept`)
+    owner: str | None = None  # "host:pid:start" of its process (`runtime.worker.owner_id`)
+    retry_of: int | None = None  # the (first) trial this one retries (`engines.recovery`)
+    retry_history: tuple[int, ...] = ()  # the trials this retry follows, first to last
+    engine: str | None = None  # the engine that ran it, where not Optuna's
+    trial_seconds: float | None = None  # a Keras Tuner trial's wall time (Optuna keeps its own)
+
+    def seed_or_number(self, number: int) -> int:
+        """Its seed; a study from before seeds were recorded trained trial k with seed k."""
+        return number if self.seed is None else self.seed
+
+
+KEYS = {"run_id": "mlflow_run_id"}  # a field whose attribute has another name (older studies')
+FIELDS = {f.name for f in dataclasses.fields(TrialFacts)}
+
+
+class Noted(Protocol):  # an Optuna trial, or a stand-in that records the same way
+    @property
+    def user_attrs(self) -> dict[str, Any]: ...
+    def set_user_attr(self, key: str, value: Any) -> None: ...
+
+
+def facts(trial: Noted | optuna.trial.FrozenTrial) -> TrialFacts:
+    """What `trial` has recorded on itself, typed."""
+    attrs = trial.user_attrs
+    found = {name: attrs[KEYS.get(name, name)] for name in FIELDS
+             if KEYS.get(name, name) in attrs}
+    if "retry_history" in found:
+        found["retry_history"] = tuple(found["retry_history"])
+    return TrialFacts(**found)
+
+
+def attrs(**values: Any) -> dict[str, Any]:
+    """`values` (fields of `TrialFacts`) as the user attributes of a trial being made."""
+    if unknown := set(values) - FIELDS:
+        raise TypeError(f"not fields of TrialFacts: {', '.join(sorted(unknown))}")
+    return {KEYS.get(name, name): value for name, value in values.items()}
+
+
+def note(trial: Noted, **values: Any) -> None:
+    """Record `values` (fields of `TrialFacts`) on `trial`."""
+    for key, value in attrs(**values).items():
+        trial.set_user_attr(key, value)
 
 
 def ranked(study: optuna.Study, extra: tuple[int, float] | None = None) -> list[int]:
@@ -62,16 +122,11 @@ def model_kind(study: optuna.Study, best: optuna.trial.FrozenTrial, model_id: st
     model, or its "refit"."""
     if model_id is not None and model_id == ensemble_id(study):
         return "ensemble"
-    return "trial" if model_id == best.user_attrs.get(MODEL_ATTR) else "refit"
+    return "trial" if model_id == facts(best).model_id else "refit"
 
 
 def lab_recipe(study: optuna.Study) -> int | None:
     """The number of the study's first lab baseline (the lab's first recipe), if it has one:
     its model is kept beside the best `top_k` as the bar the report sets the champion against."""
-    return min((t.number for t in study.get_trials(deepcopy=False)
-                if t.user_attrs.get("baseline")), default=None)
-
-
-def retried_from(trial: optuna.Trial) -> int | None:
-    """The number of the (first) trial that this one retries, if it is a retry."""
-    return trial.user_attrs.get(RETRY_OF)
+    return min((t.number for t in study.get_trials(deepcopy=False) if facts(t).baseline),
+               default=None)

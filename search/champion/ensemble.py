@@ -26,7 +26,7 @@ import optuna
 
 from models.ensemble import build_ensemble
 from search.champion.kept import Keeper, load
-from search.records import MODEL_ATTR
+from search.records import facts
 from search.tracking.study_run import StudyTracker
 from search.tracking.trial_run import TrialRecord
 from search.trial.run import TrialResult
@@ -94,7 +94,7 @@ def keep_ensemble(keeper: Keeper, study: optuna.Study, tracker: StudyTracker,
     (`<study>-ensemble`, with the held-in values); `ensemble` gains its `model_id`, or loses
     `chosen` (with a warning) where a member's model cannot be loaded."""
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
-    ids = [trials[n].user_attrs.get(MODEL_ATTR) for n in ensemble["members"]]
+    ids = [facts(trials[n]).model_id for n in ensemble["members"]]
     champion = trials[ensemble["members"][0]]
     config = keeper.problem.config(champion.params)
     record = TrialRecord(champion.number)
@@ -111,7 +111,7 @@ def keep_ensemble(keeper: Keeper, study: optuna.Study, tracker: StudyTracker,
                 result = TrialResult(ensemble["mean"], 0, model, False, config,
                                      {objective: ensemble["mean"]})
                 ensemble["model_id"] = keeper.keep(run, study.study_name, result, "ensemble")
-                ensemble["run_id"] = record.user_attrs.get("mlflow_run_id")
+                ensemble["run_id"] = facts(record).run_id
     except (ValueError, TypeError) as error:  # a member is gone: the single champion stands
         warnings.warn(f"the ensemble is not champion: {error}", stacklevel=2)
         ensemble["chosen"] = False

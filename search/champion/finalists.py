@@ -33,7 +33,7 @@ from sklearn.model_selection import KFold, StratifiedKFold
 from search.champion.ensemble import keep_ensemble, validation_outputs, weigh
 from search.champion.kept import Keeper
 from search.outcomes import TrialFailed
-from search.records import FINALISTS_ATTR, ranked
+from search.records import FINALISTS_ATTR, facts, ranked
 from search.spec.study_files import StudySpec
 from search.tracking.models import drop_model
 from search.tracking.study_run import StudyTracker
@@ -79,7 +79,7 @@ def reserve(study: optuna.Study, finalists: int, runs: int, epochs: int) -> int:
     """Epochs to keep for the re-check of `finalists` trials (`top_k` at most: pass it so) of
     `runs` runs each: a re-run trains about as long as a completed trial (none before the
     first trial completes: there is nothing to re-check yet)."""
-    done = [t.user_attrs.get("epochs_run", epochs) for t in study.get_trials(
+    done = [facts(t).epochs_run or epochs for t in study.get_trials(
         deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))]
     return round(finalists * runs * statistics.mean(done)) if done else 0
 
@@ -153,8 +153,8 @@ def _rerun(spec: StudySpec, problem, study: optuna.Study, tracker: StudyTracker,
            verbose: bool, outputs: bool) -> dict[str, Any]:
     """Trial `trial` trained again, the k-th time (another seed; on fold k's split for
     "folds"); its value, epochs and run."""
-    seed = trial.user_attrs.get("seed", trial.number) + k * SEED_STRIDE
-    epochs = trial.user_attrs.get("epochs", epochs)  # a Keras Tuner trial's own
+    seed = facts(trial).seed_or_number(trial.number) + k * SEED_STRIDE
+    epochs = facts(trial).epochs or epochs  # a Keras Tuner trial's own
     record = TrialRecord(trial.number)
     fixed = {**fixed_params(spec, problem, trial.params, epochs),
              "finalist_of_trial": trial.number, how.removesuffix("s"): k, "seed": seed}
@@ -175,8 +175,8 @@ def _rerun(spec: StudySpec, problem, study: optuna.Study, tracker: StudyTracker,
         outcome["value"] = result.value
     except (optuna.TrialPruned, TrialFailed) as stop:  # it did not hold up: counts at chance
         outcome["stopped"] = str(stop)
-    outcome["epochs"] = record.user_attrs.get("epochs_run", 0)
-    outcome["run_id"] = record.user_attrs.get("mlflow_run_id")
+    outcome["epochs"] = facts(record).epochs_run or 0
+    outcome["run_id"] = facts(record).run_id
     return outcome
 
 

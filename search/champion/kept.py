@@ -19,11 +19,12 @@ import keras
 import optuna
 
 from search.records import (
-    MODEL_ATTR,
     REFIT_ATTR,
     champion_trial,
     ensemble_id,
+    facts,
     lab_recipe,
+    note,
     ranked,
 )
 from search.spec.study_files import StudySpec
@@ -79,9 +80,9 @@ class Keeper:
             warnings.warn(f"trial {trial.number}'s model not kept in MLflow: {error}",
                           stacklevel=2)
             return None
-        trial.set_user_attr(MODEL_ATTR, model_id)
-        fallen = [t.user_attrs[MODEL_ATTR] for t in study.get_trials(deepcopy=False)
-                  if t.number in order[top_k:] and t.number != lab and MODEL_ATTR in t.user_attrs]
+        note(trial, model_id=model_id)
+        fallen = [facts(t).model_id for t in study.get_trials(deepcopy=False)
+                  if t.number in order[top_k:] and t.number != lab and facts(t).model_id]
         if fallen:
             experiment = run.client.get_run(run.run_id).info.experiment_id
             live = live_models(run.client, experiment, study.study_name)
@@ -107,7 +108,7 @@ def champion_id(study: optuna.Study, refit: Mapping[str, Any] | None = None) -> 
         return None
     if refit and refit["trial"] == best.number and refit["champion"] and refit.get("model_id"):
         return refit["model_id"]
-    return best.user_attrs.get(MODEL_ATTR)
+    return facts(best).model_id
 
 
 def load(model_id: str, tracking_uri: str | None) -> keras.Model:

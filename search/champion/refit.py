@@ -20,7 +20,7 @@ import optuna
 
 from search.champion.kept import Keeper, load
 from search.outcomes import TrialFailed
-from search.records import MODEL_ATTR, REFIT_ATTR, champion_trial, ensemble_id
+from search.records import REFIT_ATTR, champion_trial, ensemble_id, facts
 from search.spec.study_files import StudySpec
 from search.tracking.models import drop_model
 from search.tracking.study_run import StudyTracker
@@ -42,8 +42,8 @@ def refit_best(spec: StudySpec, keeper: Keeper, study: optuna.Study, tracker: St
     done = study.user_attrs.get(REFIT_ATTR)
     if done and done["trial"] == best.number and done["epochs"] == epochs:
         return done  # refitted already: a continued study with the same best is not retrained
-    model_id = best.user_attrs.get(MODEL_ATTR)
-    start = best.user_attrs.get("best_epoch", 0)
+    model_id = facts(best).model_id
+    start = facts(best).best_epoch or 0
     if model_id is None or start >= epochs:
         why = (f"its best epoch {start} is not below {epochs}" if model_id else
                "it kept no model (a study older than kept models)")
@@ -55,7 +55,7 @@ def refit_best(spec: StudySpec, keeper: Keeper, study: optuna.Study, tracker: St
         model.set_weights(load(model_id, tracker.tracking_uri).get_weights())
         return EarlierTraining(start)
 
-    seed = best.user_attrs.get("seed", best.number)
+    seed = facts(best).seed_or_number(best.number)
     fixed = {**fixed_params(spec, problem, best.params, epochs), "refit_of_trial": best.number,
              "initial_epoch": start}
     record = TrialRecord(best.number)
@@ -76,7 +76,7 @@ def refit_best(spec: StudySpec, keeper: Keeper, study: optuna.Study, tracker: St
                     "champion": result.best_so_far}
     except (optuna.TrialPruned, TrialFailed) as stop:  # stuck or diverged: the trial stays
         outcome["stopped"] = str(stop)
-    outcome["run_id"] = record.user_attrs.get("mlflow_run_id")
+    outcome["run_id"] = facts(record).run_id
     study.set_user_attr(REFIT_ATTR, outcome)
     return outcome
 

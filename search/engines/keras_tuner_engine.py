@@ -26,6 +26,7 @@ from search.engines.catalog import StudyRun
 from search.engines.limits import EpochBudget, counted_trials
 from search.engines.objective import improves
 from search.outcomes import Stuck
+from search.records import attrs, note
 from search.spec.study_files import StudySpec
 from search.tracking.trial_run import TrialRecord, TrialRun
 from search.trial.run import Restore, fixed_params, run_trial
@@ -101,8 +102,9 @@ class _Recorded(TrialRecord):
             state=self.state,
             intermediate_values={initial + i + 1: v
                                  for i, v in enumerate(self.curve(spec.objective))},
-            user_attrs={**self.user_attrs, "engine": "keras-tuner", "seed": seed,
-                        "trial_seconds": round(time.monotonic() - self.started, 1)},
+            user_attrs={**self.user_attrs, **attrs(
+                engine="keras-tuner", seed=seed,
+                trial_seconds=round(time.monotonic() - self.started, 1))},
         ))
 
 
@@ -133,7 +135,7 @@ class _Hyperband(keras_tuner.Hyperband):
         fixed = {**fixed_params(job.spec, job.problem, params, epochs), "initial_epoch": initial,
                  "keras_tuner_trial": trial.trial_id, "continues_trial": parent or ""}
         seed = job.settings.seed + record.number
-        record.set_user_attr("epochs", epochs)  # Hyperband's, not the study's: what export replays
+        note(record, epochs=epochs)  # Hyperband's, not the study's: what export replays
         try:
             with job.tracker.trial_run(record, params, fixed) as run, fresh_keras_session():
                 record.run = run
@@ -144,7 +146,7 @@ class _Hyperband(keras_tuner.Hyperband):
                 )
                 self._keep(trial.trial_id, result.model)
                 job.keeper.keep_if_top(job.study, record, run, result)
-                record.set_user_attr("best_epoch", result.best_epoch)
+                note(record, best_epoch=result.best_epoch)
             record.end(TS.COMPLETE, result.value)
         except Stuck:  # recorded as pruned; Hyperband ranks it below every trial (see score)
             record.end(TS.PRUNED, None)

@@ -9,6 +9,8 @@ from collections.abc import Callable
 
 import optuna
 
+from search.records import facts
+
 # What `n_trials` counts: trials that gave the search an answer. A failed trial does not count:
 # one whose worker died or was interrupted is retried, one that failed on its own is not.
 COUNTED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
@@ -18,7 +20,7 @@ def epochs_spent(study: optuna.Study) -> int:
     """Epochs trained by all of the study's trials (a pruned trial counts those it ran) and
     by the re-check of its finalists (`search.champion.finalists`)."""
     finalists = study.user_attrs.get("medtune_finalists") or {}
-    return (sum(t.user_attrs.get("epochs_run", 0) for t in study.get_trials(deepcopy=False))
+    return (sum(facts(t).epochs_run or 0 for t in study.get_trials(deepcopy=False))
             + finalists.get("epochs", 0))
 
 

@@ -13,7 +13,7 @@ import optuna
 from optuna_integration import KerasPruningCallback
 
 from search.champion.kept import Keeper
-from search.records import OWNER_ATTR, retried_from
+from search.records import facts, note
 from search.runtime.worker import owner_id
 from search.spec.space import suggest
 from search.spec.study_files import StudySpec
@@ -36,16 +36,16 @@ def make_objective(
     verbose: bool = True,
 ) -> Callable[[optuna.Trial], float]:
     def objective(trial: optuna.Trial) -> float:
-        trial.set_user_attr(OWNER_ATTR, owner_id())  # first: a dead owner fails the trial
+        note(trial, owner=owner_id())  # first: a dead owner fails the trial
         params = suggest(trial, spec.space, spec.conditions)
         # A retry of a dead worker's trial keeps the trial's seed and resumes its checkpoint.
-        origin = retried_from(trial)
+        origin = facts(trial).retry_of
         number = trial.number if origin is None else origin
         checkpoint = Checkpoint.of_trial(storage, trial.study.study_name, number,
                                          spec.recovery["checkpoint_every_s"])
         resume = origin is not None and checkpoint.exists()
         trial_seed = seed + number  # a replay with the same seed retrains the same way
-        trial.set_user_attr("seed", trial_seed)
+        note(trial, seed=trial_seed)
         fixed = fixed_params(spec, problem, params, epochs)
         with (tracker.trial_run(trial, params, fixed) as run, fresh_keras_session(),
               checkpoint.removed_unless_interrupted()):
@@ -54,12 +54,12 @@ def make_objective(
                 restore=checkpoint.restore if resume else None, checkpoint=checkpoint,
                 pruning=KerasPruningCallback(trial, spec.objective),
                 is_best=lambda value: improves(trial.study, value),
-                baseline=bool(trial.user_attrs.get("baseline")), verbose=verbose,
+                baseline=bool(facts(trial).baseline), verbose=verbose,
             )
             # Among the study's best? Its model is kept in MLflow (the test split, the refit
             # and export load it from there).
             keeper.keep_if_top(trial.study, trial, run, result)
-            trial.set_user_attr("best_epoch", result.best_epoch)
+            note(trial, best_epoch=result.best_epoch)
             return result.value
 
     return objective

@@ -19,14 +19,15 @@ from typing import TYPE_CHECKING, Any
 
 import optuna
 
-from search.records import OWNER_ATTR, RETRY_OF
+from search.records import attrs, facts
 from search.runtime.storages import open_storage
 from search.runtime.worker import owner_alive, owner_id
 
 if TYPE_CHECKING:
     from search.tracking.study_run import StudyTracker
 
-RUN_ATTRS = (OWNER_ATTR, "mlflow_run_id", "fail_reason", "seed", "epochs_run", "pruned_at_epoch")
+# What a dead trial's run recorded on it, which its retry does not inherit
+RUN_ATTRS = tuple(attrs(owner=0, run_id=0, fail_reason=0, seed=0, epochs_run=0, pruned_at_epoch=0))
 INTERRUPTED = "KeyboardInterrupt"  # how the fail_reason of a trial cut by Ctrl-C starts
 
 
@@ -51,7 +52,7 @@ class Recovery:
         """Fail the RUNNING trials whose process on this host is gone. Also an Optuna callback,
         so a worker checks after each of its trials."""
         for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-            owner = trial.user_attrs.get(OWNER_ATTR)
+            owner = facts(trial).owner
             if not owner or owner_alive(owner) is not False:
                 continue
             reason = f"worker process {owner} died during the trial (killed or out of memory)"
@@ -66,16 +67,16 @@ class Recovery:
         """After Ctrl-C: queue again the trial this process was training (Optuna has failed it
         with the KeyboardInterrupt); its number, or None when no trial was cut."""
         me = owner_id()
-        mine = [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get(OWNER_ATTR) == me]
+        mine = [t for t in study.get_trials(deepcopy=False) if facts(t).owner == me]
         last = max(mine, key=lambda t: t.number, default=None)
         if (last is None or last.state != optuna.trial.TrialState.FAIL
-                or not str(last.user_attrs.get("fail_reason", "")).startswith(INTERRUPTED)):
+                or not str(facts(last).fail_reason or "").startswith(INTERRUPTED)):
             return None  # Ctrl-C came between trials
         return last.number if self._retry(study, last) else None
 
     def _failed(self, study: optuna.Study, trial: optuna.trial.FrozenTrial, reason: str) -> None:
         if self.tracker is not None:
-            self.tracker.end_dead_run(trial.user_attrs.get("mlflow_run_id"), reason,
+            self.tracker.end_dead_run(facts(trial).run_id, reason,
                                       epochs=len(trial.intermediate_values))
         self._retry(study, trial)
 
@@ -83,7 +84,7 @@ class Recovery:
         """Queue the trial again, as Optuna's retry callback does, but without the dead run's
         own attributes: a retry still carrying the dead owner would look dead itself. False
         when the trial has used up its `retries`."""
-        history = [*trial.user_attrs.get("retry_history", []), trial.number]
+        history = [*facts(trial).retry_history, trial.number]
         if len(history) > self.settings["retries"]:
             return False
         kept = {k: v for k, v in trial.user_attrs.items() if k not in RUN_ATTRS}
@@ -91,8 +92,7 @@ class Recovery:
             state=optuna.trial.TrialState.WAITING,
             params=trial.params,
             distributions=trial.distributions,
-            user_attrs={**kept, RETRY_OF: kept.get(RETRY_OF, trial.number),
-                        "retry_history": history},
+            user_attrs={**kept, **attrs(retry_of=history[0], retry_history=history)},
             intermediate_values=trial.intermediate_values,  # the pruner sees the whole curve
         ))
         return True

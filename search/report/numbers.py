@@ -17,11 +17,11 @@ from mlflow.tracking import MlflowClient
 
 from search.records import (
     FINALISTS_ATTR,
-    MODEL_ATTR,
     TEST_ATTR,
     champion_trial,
     current_finalists,
     ensemble_id,
+    facts,
     lab_recipe,
 )
 from search.tracking import plots
@@ -184,24 +184,24 @@ def _rows(spec, problem, study: optuna.Study, champion, lab_trial, tracking_uri:
     n_test = len(problem.data.extra["y_test"]) if has_test else 0
 
     def row(label: str, trial, value: float | None = None, sd=None, runs=1, score=None) -> Row:
-        if score is None and has_test and trial.user_attrs.get(MODEL_ATTR):
+        if score is None and has_test and facts(trial).model_id:
             try:  # reported beside the champion, never used to choose
-                score = test_scores(spec, problem, trial.params, trial.user_attrs[MODEL_ATTR],
+                score = test_scores(spec, problem, trial.params, facts(trial).model_id,
                                     tracking_uri).get("accuracy")
             except ValueError:
                 score = None
         seconds = (trial.datetime_complete - trial.datetime_start).total_seconds() if (
             trial.datetime_complete and trial.datetime_start) else math.nan
         return Row(label, trial.number, trial.value if value is None else value, sd, runs,
-                   score, n_test, int(trial.user_attrs.get("epochs_run", 0)), seconds)
+                   score, n_test, facts(trial).epochs_run or 0, seconds)
 
     rows = []
     if lab_trial is not None and lab_trial.state == TS.COMPLETE:
-        rows.append(row(f"lab recipe ({lab_trial.user_attrs['baseline']})", lab_trial))
+        rows.append(row(f"lab recipe ({facts(lab_trial).baseline})", lab_trial))
     elif lab_trial is not None:  # stopped: its epochs and time, no value to compare
-        rows.append(Row(f"lab recipe ({lab_trial.user_attrs['baseline']}), "
+        rows.append(Row(f"lab recipe ({facts(lab_trial).baseline}), "
                         f"{lab_trial.state.name.lower()}", lab_trial.number, math.nan, None, 1,
-                        None, n_test, int(lab_trial.user_attrs.get("epochs_run", 0)), math.nan))
+                        None, n_test, facts(lab_trial).epochs_run or 0, math.nan))
     judged = test.get("test_accuracy")
     if record:
         trials = {t.number: t for t in study.get_trials(deepcopy=False)}
@@ -238,7 +238,7 @@ def _importances(study: optuna.Study) -> dict[str, float]:
 
 
 def _history(client: MlflowClient, trial) -> dict[str, list[float]]:
-    run_id = trial.user_attrs.get("mlflow_run_id")
+    run_id = facts(trial).run_id
     if not run_id:
         return {}
     keys = [k for k in client.get_run(run_id).data.metrics
@@ -255,7 +255,7 @@ def _gap(history: dict[str, list[float]], champion, objective: str) -> float | N
     """Training minus validation value of the objective's metric at the champion's best
     epoch: how far it overfits."""
     name = objective.removeprefix("val_")
-    epoch = champion.user_attrs.get("best_epoch")
+    epoch = facts(champion).best_epoch
     if not epoch or name not in history or objective not in history:
         return None
     i = min(epoch, len(history[name])) - 1
@@ -280,7 +280,7 @@ def _figures(client: MlflowClient, study: optuna.Study, spec, problem, champion,
         figure = np.ravel(axes)[0].figure
         figure.set_size_inches(10, 4)
         figures["slice"] = plots.png(figure)
-    run_id = champion.user_attrs.get("mlflow_run_id")
+    run_id = facts(champion).run_id
     if run_id:
         logged = {a.path for a in client.list_artifacts(run_id, "plots")}
         for name in CHAMPION_PLOTS:

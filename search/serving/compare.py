@@ -5,7 +5,7 @@ from __future__ import annotations
 import optuna
 import pandas as pd
 
-from search.records import FINALISTS_ATTR, TEST_ATTR
+from search.records import FINALISTS_ATTR, TEST_ATTR, facts
 from search.runtime.storages import open_storage
 from search.runtime.urls import mask_password
 
@@ -38,10 +38,10 @@ def best_trials(storage: str, studies: list[str], top: int = 3) -> pd.DataFrame:
                 else "",
                 "test": round(score, 4) if score is not None and test["trial"] == trial.number
                 else "",
-                "best_epoch": trial.user_attrs.get("best_epoch"),
+                "best_epoch": facts(trial).best_epoch,
                 "seconds": round(trial.duration.total_seconds(), 1) if trial.duration else None,
                 "params": ", ".join(f"{k}={_short(v)}" for k, v in trial.params.items()),
-                "mlflow_run_id": trial.user_attrs.get("mlflow_run_id"),
+                "mlflow_run_id": facts(trial).run_id,
             })
     return pd.DataFrame(rows)
 

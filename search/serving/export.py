@@ -20,7 +20,7 @@ import keras
 import optuna
 
 from search.champion import kept
-from search.records import FINALISTS_ATTR, REFIT_ATTR, champion_trial, model_kind
+from search.records import FINALISTS_ATTR, REFIT_ATTR, champion_trial, facts, model_kind
 from search.runtime.storages import open_storage
 from search.runtime.urls import mask_password
 from search.serving.registry import Registered, export_run, register_model
@@ -101,12 +101,12 @@ def export_best(
               "trial": best.number, "replay": replay, "image_size": recorded["image_size"],
               **best.params}
     if replay:  # what the replay trains: the trial's epochs (Hyperband's for Keras Tuner), seed
-        params |= {"tolerance": tolerance, "seed": best.user_attrs.get("seed", best.number),
-                   "epochs": best.user_attrs.get("epochs", recorded["epochs"])}
+        params |= {"tolerance": tolerance, "seed": facts(best).seed_or_number(best.number),
+                   "epochs": facts(best).epochs or recorded["epochs"]}
     tags = {"medtune.study": study_name, "medtune.task": spec.name,
             "medtune.exported_trial": str(best.number), "medtune.champion": champion,
             "medtune.model_id": model_id or "",
-            "replayed_run_id": best.user_attrs.get("mlflow_run_id", "")}
+            "replayed_run_id": facts(best).run_id or ""}
     with export_run(f"export {study_name}", params, tags, experiment=experiment or spec.name,
                     tracking_uri=tracking_uri) as run:
         run.log_metrics({"recorded_value": best.value,
@@ -135,16 +135,16 @@ def _replay(spec: StudySpec, study: optuna.Study, best: optuna.trial.FrozenTrial
     value is off by more than `tolerance`."""
     recorded = study.user_attrs[SETTINGS_ATTR]
     # A Keras Tuner trial trained Hyperband's epochs for it; an Optuna trial the study's.
-    size, epochs = recorded["image_size"], best.user_attrs.get("epochs", recorded["epochs"])
+    size, epochs = recorded["image_size"], facts(best).epochs or recorded["epochs"]
     problem, base, _ = prepare_problem(spec, recorded["data_dir"], size, recorded.get("base"),
                                        tracking_uri)
-    seed = best.user_attrs.get("seed", best.number)  # studies before the attr ran with seed 0
+    seed = facts(best).seed_or_number(best.number)
     run.log_data(data_record(spec.data, problem.data))
     with fresh_keras_session():
         # The trial as it ran (same lifecycle, params and seed), without a pruner to stop it.
         try:
             result = run_trial(spec, problem, best.params, run, epochs=epochs, seed=seed,
-                               baseline=bool(best.user_attrs.get("baseline")),
+                               baseline=bool(facts(best).baseline),
                                verbose=verbose)
         except optuna.TrialPruned as stop:  # stuck: the replay cannot reach the trial's value
             raise ReplayMismatch(f"replaying trial {best.number} of {study.study_name!r} (seed "

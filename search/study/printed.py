@@ -7,7 +7,7 @@ import optuna
 
 from search.champion.finalists import summary_lines
 from search.engines.limits import COUNTED, counted_trials
-from search.records import FINALISTS_ATTR, REFIT_ATTR, TEST_ATTR, champion_trial
+from search.records import FINALISTS_ATTR, REFIT_ATTR, TEST_ATTR, champion_trial, facts
 from search.tracking.study_run import StudyTracker
 
 
@@ -18,7 +18,7 @@ def print_summary(study: optuna.Study, tracker: StudyTracker, objective: str, ta
     TS = optuna.trial.TrialState
     failed = study.get_trials(deepcopy=False, states=(TS.FAIL,))
     retried = {n for t in study.get_trials(deepcopy=False)
-               for n in t.user_attrs.get("retry_history", [])}
+               for n in facts(t).retry_history}
     counts = [(len(study.get_trials(deepcopy=False, states=(s,))), s.name.lower())
               for s in COUNTED]
     counts += [(sum(t.number not in retried for t in failed), "failed"),
@@ -36,7 +36,7 @@ def print_summary(study: optuna.Study, tracker: StudyTracker, objective: str, ta
                   **recheck["results"][str(best.number)]) if recheck else ""))
         for key, value in best.params.items():
             print(f"  {key:16} {value}")
-        print(f"best trial's MLflow run: {best.user_attrs.get('mlflow_run_id')}")
+        print(f"best trial's MLflow run: {facts(best).run_id}")
         refit = study.user_attrs.get(REFIT_ATTR)
         if refit and refit["trial"] == best.number:
             print(f"refit of trial #{best.number} from epoch {refit['from_epoch']} to "

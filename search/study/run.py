@@ -15,6 +15,7 @@ from search.champion.refit import refit_best
 from search.engines.catalog import DEFAULT as DEFAULT_ENGINE
 from search.engines.catalog import StudyRun, get_engine
 from search.engines.recovery import Recovery
+from search.records import attrs
 from search.runtime.urls import mask_password
 from search.runtime.worker import MemoryGuard
 from search.spec.pruners import make_pruner, make_sampler
@@ -115,10 +116,10 @@ def enqueue_baselines(spec: StudySpec, study: optuna.Study, budget: str) -> None
     them like any trial)."""
     for baseline in queued_baselines(spec, budget):
         study.enqueue_trial(baseline_params(baseline),
-                            user_attrs={"baseline": baseline["note"]}, skip_if_exists=True)
+                            user_attrs=attrs(baseline=baseline["note"]), skip_if_exists=True)
     if spec.start:  # then medtune's own first guess, judged the same way
         study.enqueue_trial(baseline_params(spec.start),
-                            user_attrs={"start": spec.start["note"]}, skip_if_exists=True)
+                            user_attrs=attrs(start=spec.start["note"]), skip_if_exists=True)
 
 
 def feature_base(base: str | None, size: int, tracking_uri: str | None) -> FeatureBase:

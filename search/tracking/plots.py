@@ -16,6 +16,7 @@ import pandas as pd  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 from sklearn.metrics import ConfusionMatrixDisplay, RocCurveDisplay  # noqa: E402
 
+from search.records import facts
 from search.runtime.urls import mask_password  # noqa: E402
 
 
@@ -248,14 +249,14 @@ def study_history(study) -> plt.Figure:
     fig, ax = plt.subplots(figsize=(9, 3.6))
     spent, best, xs, ys = 0, -np.inf, [], []
     for t in sorted(study.trials, key=lambda t: t.number):
-        epochs = int(t.user_attrs.get("epochs_run", len(t.intermediate_values)))
+        epochs = facts(t).epochs_run or len(t.intermediate_values)
         spent += epochs
         last = list(t.intermediate_values.values())[-1] if t.intermediate_values else None
         if t.state == TS.COMPLETE:
             best = max(best, t.value)
             ax.plot(spent, t.value, "o", color="tab:blue", markersize=4)
         elif t.state == TS.PRUNED and last is not None:
-            stuck = "stopped_because" in t.user_attrs
+            stuck = facts(t).stopped_because is not None
             ax.plot(spent, last, "x", color="tab:red" if stuck else "grey", markersize=5)
         if np.isfinite(best):
             xs.append(spent)

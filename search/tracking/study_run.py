@@ -29,6 +29,7 @@ from mlflow.entities import RunTag
 from mlflow.tracking import MlflowClient
 
 from search.outcomes import Stuck
+from search.records import facts, note
 from search.runtime.devices import device_tag
 from search.runtime.urls import mask_password
 from search.runtime.worker import owner_id, resident_mb
@@ -139,11 +140,11 @@ class StudyTracker:
             "medtune.device": device_tag(),
         }
         for queued in ("baseline", "start"):  # a lab baseline, or medtune's first guess
-            if trial.user_attrs.get(queued):
-                tags[f"medtune.{queued}"] = trial.user_attrs[queued]
+            if note_of := getattr(facts(trial), queued):
+                tags[f"medtune.{queued}"] = note_of
         name = name or f"{self.study_name}-t{trial.number:04d}"  # unique across restarts
         run_id = self.client.create_run(self.experiment_id, run_name=name, tags=tags).info.run_id
-        trial.set_user_attr("mlflow_run_id", run_id)
+        note(trial, run_id=run_id)
         log_params(self.client, run_id, {**fixed, **params})
         run = TrialRun(self.client, run_id, name)
         if self.data is not None:
@@ -156,18 +157,18 @@ class StudyTracker:
         except optuna.TrialPruned as stop:  # by the pruner, or stuck (`search.trial.stopping`)
             stuck = isinstance(stop, Stuck)
             if stuck:  # counted apart in summaries and benchmarks
-                trial.set_user_attr("stopped_because", str(stop))
+                note(trial, stopped_because=str(stop))
             status, state = "KILLED", "stuck" if stuck else "pruned"
             end_tags = {"pruned_at_epoch": str(run.epochs),
                         "stopped_because": str(stop) or f"pruned at epoch {run.epochs}"}
-            trial.set_user_attr("pruned_at_epoch", run.epochs)
+            note(trial, pruned_at_epoch=run.epochs)
             raise
         except BaseException as error:  # KeyboardInterrupt too: the run must not stay RUNNING
             interrupted = isinstance(error, KeyboardInterrupt)
             status, state = ("KILLED", "interrupted") if interrupted else ("FAILED", "failed")
             reason = mask_password(f"{type(error).__name__}: {error}")[:MAX_TAG]
             end_tags = {"error": reason}
-            trial.set_user_attr("fail_reason", reason)
+            note(trial, fail_reason=reason)
             raise
         finally:
             if monitor is not None:
@@ -176,7 +177,7 @@ class StudyTracker:
             # tag are the names earlier versions wrote.
             end_tags |= {"trial.state": state, "medtune.state": state,
                          "epochs_run": str(run.epochs)}
-            trial.set_user_attr("epochs_run", run.epochs)
+            note(trial, epochs_run=run.epochs)
             self._finish(run, status, end_tags, time.monotonic() - started)
 
     def use_data(self, data: DataRecord) -> None:

@@ -17,6 +17,7 @@ from search.records import (
     champion_trial,
     current_finalists,
     ensemble_id,
+    facts,
 )
 from search.tracking import plots
 from search.tracking.runs import now_ms
@@ -47,7 +48,7 @@ def summarize(client: MlflowClient, run_id: str, study: optuna.Study) -> None:
                 if ensemble_id(study):
                     tags["champion"] = "ensemble"
         tags |= {"best_trial": str(best.number),
-                 "best_run_id": best.user_attrs.get("mlflow_run_id", "")}
+                 "best_run_id": facts(best).run_id or ""}
         tags |= {f"best.{k}": str(v) for k, v in best.params.items()}
         test = study.user_attrs.get(TEST_ATTR)
         if test and test["trial"] == best.number:  # the test split, judged once at the end
@@ -84,7 +85,7 @@ def _log_recheck(client: MlflowClient, run_id: str, study: optuna.Study,
     trials = study.get_trials(deepcopy=False)
     stamp = now_ms()
     for number, result in recheck["results"].items():
-        trial_run_id = trials[int(number)].user_attrs.get("mlflow_run_id")
+        trial_run_id = facts(trials[int(number)]).run_id
         if trial_run_id:
             client.log_batch(trial_run_id, metrics=[
                 Metric("trial.recheck_mean", result["mean"], stamp, 0),
