@@ -24,23 +24,6 @@ from search.tracking.trial_run import TrialRun
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
-def load_registered_model(uri: str, tracking_uri: str | None = None) -> keras.Model:
-    """The Keras model of a registered medtune model, e.g. `models:/vgg_bone@champion`
-    (a model `medtune export` registered, or any model logged with the Keras flavor)."""
-    import mlflow.pyfunc
-
-    if tracking_uri:
-        mlflow.set_tracking_uri(tracking_uri)
-    try:
-        if "keras" in mlflow.models.get_model_info(uri).flavors:
-            return mlflow.keras.load_model(uri)
-        return mlflow.pyfunc.load_model(uri).unwrap_python_model().keras_model
-    except MlflowException as error:
-        raise ValueError(
-            f"cannot load {uri} from the MLflow Model Registry: {error.message}"
-        ) from None
-
-
 @contextmanager
 def export_run(
     name: str, params: Mapping[str, Any], tags: Mapping[str, str], *,
