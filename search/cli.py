@@ -155,6 +155,9 @@ def _tune_arguments(tune: argparse.ArgumentParser) -> None:
                       help="GPU ids the workers use, e.g. 0,2 (default: all); each worker sees "
                            "one, round-robin")
     tune.add_argument("--seed", type=_whole, default=0)
+    tune.add_argument("--report", action=argparse.BooleanOptionalAction, default=True,
+                      help="write the study's lab report when it ends (default: yes; "
+                           "`medtune report` writes it later)")
     tune.add_argument("--experiment", type=_optional(str),
                       help="MLflow experiment (default: the task's name; under `mlflow run`, "
                            "the experiment it chose)")
@@ -272,7 +275,8 @@ def _tune(args: argparse.Namespace, spec, argv: list[str]) -> int:
     why = stop_reason(study, n_trials=settings.n_trials, epoch_budget=settings.epoch_budget,
                       timeout=timeout, seconds=seconds, engine=settings.engine, room=room)
     print_summary(study, tracker, spec.objective, settings.n_trials, seconds, why)
-    if settings.study_end and any(t.value is not None for t in study.get_trials(deepcopy=False)):
+    if (args.report and settings.study_end
+            and any(t.value is not None for t in study.get_trials(deepcopy=False))):
         write_after_tune(study, tracker.tracking_uri, spec)
     if failed:
         print(f"medtune: error: {failed} of {args.workers} workers failed (see their output "

@@ -93,12 +93,14 @@ def workdir(tmp_path, monkeypatch):
 
 
 def tune(workdir, *args: str) -> int:
+    """`medtune tune` in this process on the test's stores, without the report at its end
+    (`--report` asks for it; test_ui and the README test see `medtune tune` write it)."""
     from search.cli import main
 
     return main([
         "tune", "--tracking-uri", f"sqlite:///{workdir}/mlflow.db",
         "--storage", f"sqlite:///{workdir}/optuna.db", "--image-size", "32", "--epochs", "2",
-        *args,
+        "--no-report", *args,
     ])
 
 
