@@ -286,7 +286,7 @@ def run_engine(engine: str, specs: dict, data: DataSet, seed: int, budget: dict,
                                         **common_settings)
             study, _ = run_study(grid_spec, settings, tracking_uri=mlflow_url,
                                  experiment=EXPERIMENT, verbose=False, show_progress_bar=False)
-            if not all(facts(t).baseline for t in study.trials):
+            if not all(facts(t).baseline is not None for t in study.trials):
                 raise RuntimeError(f"{key}-b{i}: the grid's trial is not the lab baseline")
             done = records(study, engine)
             trials += done

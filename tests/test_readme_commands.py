@@ -79,11 +79,12 @@ def study_run_under_mlflow_run(client: MlflowClient, copy: Path) -> None:
     params (`storage=''`, `tolerance=''`), registers the kept model, trains nothing."""
     import optuna
 
-    experiment = client.get_experiment_by_name("vgg_skin")
+    every = [e.experiment_id for e in client.search_experiments()]
+    (trial_run,) = client.search_runs(every, "tags.`medtune.study` = 'vgg_skin' and "
+                                             "tags.`medtune.kind` = 'trial'")
+    study_run = client.get_run(trial_run.data.tags["mlflow.parentRunId"])
+    experiment = client.get_experiment(study_run.info.experiment_id)  # `mlflow run`'s choice
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
-    by_id = {r.info.run_id: r for r in client.search_runs([experiment.experiment_id])}
-    (trial_run,) = [r for r in by_id.values() if "medtune.trial_number" in r.data.tags]
-    study_run = by_id[trial_run.data.tags["mlflow.parentRunId"]]
     assert "mlflow.parentRunId" not in study_run.data.tags
     assert study_run.info.run_name == "vgg_skin"
     assert study_run.data.tags["mlflow.project.entryPoint"] == "tune"

@@ -58,17 +58,30 @@ class FreezeSurvivors:
         gc.freeze()
 
 
-def _started(pid: int) -> str | None:
-    """The process's start time, which tells a reused pid apart (None: no such process)."""
+def _started(pid: int) -> float | None:
+    """When the process started (seconds since the epoch), which tells a reused pid apart; None:
+    no such process."""
     try:
-        return f"{psutil.Process(pid).create_time():.2f}"
+        return psutil.Process(pid).create_time()
     except (psutil.NoSuchProcess, psutil.AccessDenied):
         return None
 
 
+# This process's own id, read once: the start time psutil derives moves with the wall clock
+# (an NTP step), and a process must always recognise its own trials.
+_OWN: dict[int, str] = {}
+SAME_START_S = 1.0  # start times this close are one process (a reused pid starts later)
+
+
 def owner_id(pid: int | None = None) -> str:
     pid = pid or os.getpid()
-    return f"{socket.gethostname()}:{pid}:{_started(pid) or ''}"
+    if pid == os.getpid() and pid in _OWN:
+        return _OWN[pid]
+    started = _started(pid)
+    owner = f"{socket.gethostname()}:{pid}:{'' if started is None else f'{started:.2f}'}"
+    if pid == os.getpid():
+        _OWN[pid] = owner
+    return owner
 
 
 def owner_alive(owner: str) -> bool | None:
@@ -76,7 +89,11 @@ def owner_alive(owner: str) -> bool | None:
     host, pid, started = owner.rsplit(":", 2)
     if host != socket.gethostname():
         return None  # another machine's worker: the heartbeat decides
-    return _started(int(pid)) == started and started != ""
+    now = _started(int(pid))
+    try:
+        return now is not None and abs(now - float(started)) < SAME_START_S
+    except ValueError:  # no start time recorded
+        return False
 
 
 def resident_mb() -> float:

@@ -249,7 +249,8 @@ def study_history(study) -> plt.Figure:
     fig, ax = plt.subplots(figsize=(9, 3.6))
     spent, best, xs, ys = 0, -np.inf, [], []
     for t in sorted(study.trials, key=lambda t: t.number):
-        epochs = facts(t).epochs_run or len(t.intermediate_values)
+        run = facts(t).epochs_run  # (a retry failed at once carries its parent's values)
+        epochs = len(t.intermediate_values) if run is None else run
         spent += epochs
         last = list(t.intermediate_values.values())[-1] if t.intermediate_values else None
         if t.state == TS.COMPLETE:
