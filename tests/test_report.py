@@ -25,8 +25,8 @@ def test_a_study_report_holds_its_sections_inline_and_is_logged(workdir, tiny_sk
     skin = tiny_skin / "Lab2" / "Skin"
     shutil.copytree(skin / "validation", skin / "test")
     assert tune(workdir, "--task", "lenet_skin", "--n-trials", "4", "--finalists", "2",
-                "--data-dir", str(tiny_skin)) == 0
-    capsys.readouterr()
+                "--data-dir", str(tiny_skin)) == 0  # (`--no-report`: test_ui sees it written)
+    assert not (workdir / "reports").exists() and "report:" not in capsys.readouterr().out
     assert main(["report", "--study", "lenet_skin", "--storage", f"sqlite:///{workdir}/optuna.db",
                  "--tracking-uri", f"sqlite:///{workdir}/mlflow.db"]) == 0
     assert "report: reports/lenet_skin/report.html" in capsys.readouterr().out
