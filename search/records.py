@@ -68,6 +68,13 @@ def facts(trial: Noted | optuna.trial.FrozenTrial) -> TrialFacts:
     return TrialFacts(**found)
 
 
+def attr_name(field: str) -> str:
+    """The user attribute that holds `field` of `TrialFacts`."""
+    if field not in FIELDS:
+        raise TypeError(f"{field!r} is not a field of TrialFacts")
+    return KEYS.get(field, field)
+
+
 def attrs(**values: Any) -> dict[str, Any]:
     """`values` (fields of `TrialFacts`) as the user attributes of a trial being made."""
     if unknown := set(values) - FIELDS:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import optuna
 
-from search.records import attrs, facts
+from search.records import attr_name, attrs, facts
 from search.runtime.storages import open_storage
 from search.runtime.worker import owner_alive, owner_id
 
@@ -27,7 +27,8 @@ if TYPE_CHECKING:
     from search.tracking.study_run import StudyTracker
 
 # What a dead trial's run recorded on it, which its retry does not inherit
-RUN_ATTRS = tuple(attrs(owner=0, run_id=0, fail_reason=0, seed=0, epochs_run=0, pruned_at_epoch=0))
+RUN_ATTRS = tuple(attr_name(f) for f in (
+    "owner", "run_id", "fail_reason", "seed", "epochs_run", "pruned_at_epoch"))
 INTERRUPTED = "KeyboardInterrupt"  # how the fail_reason of a trial cut by Ctrl-C starts
 
 

@@ -1,0 +1,28 @@
+"""A trial's typed record: written and read through `search.records`, under the attribute names
+studies have always had (so older studies read the same)."""
+
+import optuna
+import pytest
+
+from search.records import TrialFacts, attrs, facts, note
+
+
+def test_a_trial_records_and_reads_back_its_facts_under_the_old_names():
+    study = optuna.create_study()
+    trial = study.ask()
+    note(trial, run_id="abc", seed=7, best_epoch=3, retry_history=[1, 2], baseline="")
+    assert trial.user_attrs == {"mlflow_run_id": "abc", "seed": 7, "best_epoch": 3,
+                                "retry_history": [1, 2], "baseline": ""}
+    study.tell(trial, 0.5)
+    read = facts(study.trials[0])
+    assert read == TrialFacts(run_id="abc", seed=7, best_epoch=3, retry_history=(1, 2),
+                              baseline="")
+    assert read.seed_or_number(4) == 7 and TrialFacts().seed_or_number(4) == 4
+    assert read.baseline is not None  # a lab baseline without a note is still one
+
+
+def test_a_field_that_is_not_one_is_refused():
+    with pytest.raises(TypeError, match="not fields of TrialFacts: best_epochs"):
+        attrs(best_epochs=3)
+    with pytest.raises(TypeError, match="not fields of TrialFacts"):
+        note(optuna.create_study().ask(), mlflow_run_id="x")  # the field is run_id
