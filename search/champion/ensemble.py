@@ -1,9 +1,8 @@
 """The ensemble champion: the finalists' models averaged (probabilities, hinge margins or
 U-Net mask maps) may be the study's champion, but only where the average beats the single best
 finalist on held-in evidence: the finalists' own re-runs (`search.champion.finalists`), each
-scored on
-the images it was validated on (each fold's, or the validation split for other seeds), which no
-search chose on. The test split never decides it.
+scored on the images it was validated on (each fold's, or the validation split for other
+seeds), which no search chose on. The test split never decides it.
 
 For run k (fold k, or seed k) the finalists' validation outputs are averaged and scored with
 the trials' own compiled metrics; the ensemble's mean over the runs is set against the

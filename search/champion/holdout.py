@@ -2,10 +2,9 @@
 
 Selection uses validation only. The study's best trials keep their models (their best epoch's)
 in MLflow (`search.champion.kept`); when the study ends, the champion (the best trial's model, or
-its
-refit's) is loaded from there, on whichever machine ends the study, and scored on the test split
-once. The scores are recorded on the study (`medtune_test`) for the summary, the study's MLflow
-run and `compare`; nothing feeds them to the sampler or the pruner.
+its refit's) is loaded from there, on whichever machine ends the study, and scored on the test
+split once. The scores are recorded on the study (`medtune_test`) for the summary, the study's
+MLflow run and `compare`; nothing feeds them to the sampler or the pruner.
 """
 
 from __future__ import annotations

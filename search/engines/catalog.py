@@ -2,8 +2,7 @@
 
 An engine is a module with `search(job: StudyRun) -> None` that runs trials (each one
 `search.trial.run.run_trial`) into the study until its settings say stop. Its module is imported
-only
-when it runs, so Keras Tuner is loaded only for `--engine keras-tuner`.
+only when it runs, so Keras Tuner is loaded only for `--engine keras-tuner`.
 """
 
 from __future__ import annotations

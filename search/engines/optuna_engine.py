@@ -1,6 +1,5 @@
 """The default engine: Optuna's loop over `search.engines.objective`, with the study file's
-sampler and
-pruner (TPE + Hyperband over epochs), the lab baselines queued first."""
+sampler and pruner (TPE + Hyperband over epochs), the lab baselines queued first."""
 
 from __future__ import annotations
 

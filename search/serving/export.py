@@ -1,10 +1,9 @@
 """`medtune export`: register a study's champion as `champion` in the MLflow Model Registry.
 
 The champion is the model the study kept in MLflow (`search.champion.kept`): its best trial's best
-epoch,
-or the refit of it when the refit beat it; the model the test split judged. Export loads it from
-MLflow, so it takes seconds, trains nothing and runs on any machine that reaches the study's
-storage and tracking store.
+epoch, or the refit of it when the refit beat it; the model the test split judged. Export loads
+it from MLflow, so it takes seconds, trains nothing and runs on any machine that reaches the
+study's storage and tracking store.
 
 `--replay` adds a reproducibility check: the best trial is retrained exactly as it ran (same
 params, seed, data and epochs) and nothing is registered unless the replay reaches the recorded

@@ -28,8 +28,8 @@ class TuneSettings:
     engine: str = DEFAULT_ENGINE  # a name in `search.engines.catalog.ENGINES`
     epoch_budget: int | None = None  # stop once the study's trials have trained this many epochs
     refit_epochs: int = 0  # when the study ends, continue its best trial to this many epochs
-    finalists: int = 0  # when the study ends, re-check its best this many
-    # (`search.champion.finalists`)
+    # when the study ends, re-check its best this many (`search.champion.finalists`)
+    finalists: int = 0
     # False in the workers `--workers` starts: their command, once they are done, re-checks the
     # finalists (a worker still keeps the epochs for them when the study has an epoch budget)
     study_end: bool = True

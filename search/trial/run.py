@@ -4,8 +4,8 @@ validation and log its artifacts.
 
 Engines decide which configurations run, for how many epochs, and what a trial's end means to
 them (`search.engines.optuna_engine`, `search.engines.keras_tuner_engine`); this module decides
-what a trial is.
-The trial owns its history: the MLflow run and the checkpoints read it, nothing keeps a copy.
+what a trial is. The trial owns its history: the MLflow run and the checkpoints read it, nothing
+keeps a copy.
 """
 
 from __future__ import annotations
