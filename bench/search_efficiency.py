@@ -213,13 +213,13 @@ class Trial:
     stuck: bool  # stopped as stuck (constant predictions, or a loss that did not fall)
 
 
-def records(study: optuna.Study, engine: str) -> list[Trial]:
+def records(study: optuna.Study) -> list[Trial]:
     found = []
     for t in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number):
         steps = sorted(t.intermediate_values)
-        # Optuna's pruning callback reports 0-based epochs; the Keras Tuner engine 1-based
-        # absolute ones (a promoted trial's first is initial_epoch + 1).
-        initial = steps[0] - 1 if steps and engine == "keras-tuner" else 0
+        # Both engines number steps by epoch from 0; a trial Hyperband promoted in Keras Tuner
+        # starts at the epoch it continued from.
+        initial = steps[0] if steps else 0
         values = [float(t.intermediate_values[s]) for s in steps]
         f = facts(t)
         found.append(Trial(study.study_name, t.number, t.state.name, values,
@@ -288,7 +288,7 @@ def run_engine(engine: str, specs: dict, data: DataSet, seed: int, budget: dict,
                                  experiment=EXPERIMENT, verbose=False, show_progress_bar=False)
             if not all(facts(t).baseline is not None for t in study.trials):
                 raise RuntimeError(f"{key}-b{i}: the grid's trial is not the lab baseline")
-            done = records(study, engine)
+            done = records(study)
             trials += done
             left -= sum(t.epochs for t in done)
     else:
@@ -299,7 +299,7 @@ def run_engine(engine: str, specs: dict, data: DataSet, seed: int, budget: dict,
             epoch_budget=budget["budget"], **common_settings)
         study, _ = run_study(spec, settings, tracking_uri=mlflow_url, experiment=EXPERIMENT,
                              verbose=False, show_progress_bar=False)
-        trials = records(study, engine)
+        trials = records(study)
         champion = champion_of(study) if spec.selection["finalists"] else None
     wall = time.perf_counter() - started - (scores.seconds - scored)
     return trials, wall, champion
@@ -309,9 +309,9 @@ def champion_of(study: optuna.Study) -> dict[str, Any] | None:
     """A re-checked study's champion as the study reports it: the finalist with the best mean
     (or their ensemble), its mean, SD and runs, its kept model, and the re-runs' epochs."""
     from search.champion.kept import champion_id
-    from search.records import FINALISTS_ATTR, champion_trial, ensemble_id
+    from search.records import champion_trial, ensemble_id, study_facts
 
-    record = study.user_attrs.get(FINALISTS_ATTR)
+    record = study_facts(study).finalists
     best = champion_trial(study)
     if not record or best is None:
         return None

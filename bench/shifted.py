@@ -61,10 +61,10 @@ def run(args: argparse.Namespace) -> common.Result:
     import pandas as pd
 
     from search.champion import kept
-    from search.records import champion_trial
+    from search.records import champion_trial, study_facts
     from search.runtime.storages import open_storage
     from search.spec.study_files import spec_from_record
-    from search.study.run import SETTINGS_ATTR, STUDY_FILE_ATTR, prepare_problem
+    from search.study.run import prepare_problem
     from search.trial.training import compiled_model
 
     if args.mode == "smoke":
@@ -72,8 +72,8 @@ def run(args: argparse.Namespace) -> common.Result:
     elif not args.study:
         raise SystemExit("give --study: the finished study whose champion to judge")
     study = optuna.load_study(study_name=args.study, storage=open_storage(args.storage))
-    recorded = study.user_attrs[SETTINGS_ATTR]
-    spec = spec_from_record(study.user_attrs[STUDY_FILE_ATTR])
+    record = study_facts(study)
+    recorded, spec = record.settings, spec_from_record(record.study_file)
     problem, _, _ = prepare_problem(spec, recorded["data_dir"], recorded["image_size"],
                                     recorded.get("base"), args.study_tracking_uri)
     best = champion_trial(study)

@@ -216,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
 def _tune(args: argparse.Namespace, spec, argv: list[str]) -> int:
     from search.champion.finalists import reserve
     from search.engines.limits import stop_reason
-    from search.records import FINALISTS_ATTR
+    from search.records import study_facts
     from search.report.page import write_after_tune
     from search.runtime import worker
     from search.runtime.devices import device_line, plan_gpus, worker_envs
@@ -269,7 +269,7 @@ def _tune(args: argparse.Namespace, spec, argv: list[str]) -> int:
                   "(the study continues where it is)", flush=True)
             return worker.RESTART
     seconds = worker.seconds_since_start()
-    recheck = study.user_attrs.get(FINALISTS_ATTR)  # its epochs were kept from the search
+    recheck = study_facts(study).finalists  # its epochs were kept from the search
     room = (lambda s: reserve(s, len(recheck["trials"]), recheck["runs"], settings.epochs)
             ) if recheck else None
     why = stop_reason(study, n_trials=settings.n_trials, epoch_budget=settings.epoch_budget,

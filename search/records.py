@@ -1,8 +1,8 @@
 """What a study and its trials record on themselves (Optuna user attributes) and read back: a
 trial's as one typed record (`TrialFacts`: `facts(trial)` reads it, `note(trial, ...)` writes
-it), the study's by the names below, and the pick they add up to. Everything above the trial
-reads them through here, so this module imports no other part of medtune (no circle can run
-through it)."""
+it), the study's as another (`StudyFacts`: `study_facts`, `note_study`), and the pick they add
+up to. Everything above the trial reads them through here, so this module imports no other part
+of medtune (no circle can run through it)."""
 
 from __future__ import annotations
 
@@ -12,19 +12,56 @@ from typing import Any, Protocol
 import optuna
 
 TS = optuna.trial.TrialState
-# study: the champion scored once on the test split
-TEST_ATTR = "medtune_test"
-# study: the champion's refit (`search.champion.refit`): trial, epochs, values
-REFIT_ATTR = "medtune_refit"
-# study: the re-check and its champion (`search.champion.finalists`)
-FINALISTS_ATTR = "medtune_finalists"
+
+
+@dataclasses.dataclass(frozen=True)
+class StudyFacts:
+    """What a study records on itself, for a continued study, its other workers, the champion,
+    the summary, compare, export, the report and the benchmarks to read back. (Which processes
+    share an `mlflow run` run is the joining protocol's own: one attribute per run, so that
+    workers never overwrite each other's, in `search.tracking.joining`.)"""
+
+    objective: str | None = None  # what its trials' values are (for readers without its spec)
+    settings: dict | None = None  # the data and sizes it ran on: what a continuation must agree on
+    study_file: dict | None = None  # the study file as it last ran (`StudySpec.record`)
+    parent_run_id: str | None = None  # its MLflow study run (it survives restarts)
+    made_by: str | None = None  # the owner id of the process that made it
+    test: dict | None = None  # the champion scored once on the test split (`champion.holdout`)
+    refit: dict | None = None  # the champion's refit: trial, epochs, value (`champion.refit`)
+    finalists: dict | None = None  # the re-check and its champion (`champion.finalists`)
+
+
+STUDY_KEYS = {"objective": "medtune_objective", "settings": "medtune_settings",
+              "study_file": "medtune_study_file", "parent_run_id": "mlflow_parent_run_id",
+              "made_by": "medtune_made_by", "test": "medtune_test", "refit": "medtune_refit",
+              "finalists": "medtune_finalists"}  # field -> its attribute (older studies' names)
+
+
+class StudyNoted(Protocol):  # an Optuna study (or FrozenStudy, to read)
+    @property
+    def user_attrs(self) -> dict[str, Any]: ...
+
+
+def study_facts(study: StudyNoted) -> StudyFacts:
+    """What `study` has recorded on itself, typed (read from its storage on each call)."""
+    attrs = study.user_attrs
+    return StudyFacts(**{f: attrs[key] for f, key in STUDY_KEYS.items() if key in attrs})
+
+
+def note_study(study: optuna.Study, **values: Any) -> None:
+    """Record `values` (fields of `StudyFacts`) on `study`."""
+    if unknown := set(values) - set(STUDY_KEYS):
+        raise TypeError(f"not fields of StudyFacts: {', '.join(sorted(unknown))}")
+    for field, value in values.items():
+        study.set_user_attr(STUDY_KEYS[field], value)
 
 
 @dataclasses.dataclass(frozen=True)
 class TrialFacts:
     """What a trial records on itself as it runs, for the search, the champion, the summary,
     compare, export and the benchmarks to read back. Epochs count from 1, as MLflow's steps do
-    (`best_epoch` 3: the third epoch), for every engine."""
+    (`best_epoch` 3: the third epoch), for every engine; a trial's Optuna steps (its
+    intermediate values) are Keras's epoch indices, from 0, for every engine too."""
 
     run_id: str | None = None  # its MLflow child run
     seed: int | None = None  # the seed it trained with (older studies: none recorded)
@@ -112,7 +149,7 @@ def champion_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
 def current_finalists(study: optuna.Study, order: list[int] | None = None) -> dict | None:
     """The study's finalists record while its trials are still the study's best (`order`:
     `ranked(study)`, if known), else None."""
-    record = study.user_attrs.get(FINALISTS_ATTR)
+    record = study_facts(study).finalists
     order = ranked(study) if order is None else order
     return record if record and record["trials"] == order[:len(record["trials"])] else None
 

@@ -53,7 +53,7 @@ def test_held_in_scores_are_the_trials_own(tiny_skin, trial_run, loss):
     from search.champion.ensemble import score, validation_outputs
     from search.spec.study_files import load_spec
     from search.trial.problems import make_problem
-    from search.trial.run import run_trial
+    from search.trial.run import Planned, run_trial
     from search.trial.training import fresh_keras_session
 
     spec = load_spec("lenet_skin")
@@ -61,7 +61,7 @@ def test_held_in_scores_are_the_trials_own(tiny_skin, trial_run, loss):
                                              synthetic=spec.synthetic))
     params = {**{k: v for k, v in spec.baselines[0].items() if k != "note"}, "loss": loss}
     with fresh_keras_session():
-        result = run_trial(spec, problem, params, trial_run, epochs=2, seed=0)
+        result = run_trial(Planned(spec, problem, params, 2, 0), trial_run)
         _, val = problem.datasets(result.config, seed=0)
         expected = result.model.evaluate(val, return_dict=True, verbose=0)
         outputs, targets = validation_outputs(result.model, problem, result.config)

@@ -11,6 +11,7 @@ from conftest import TS, runs, tune
 
 from search.cli import main
 from search.engines.limits import epochs_spent
+from search.records import note_study, study_facts
 
 
 def study_file(folder, selection: str) -> str:
@@ -29,7 +30,7 @@ def test_the_finalists_are_retrained_and_the_best_mean_is_champion(workdir, tiny
                 "--data-dir", str(tiny_skin)) == 0
     out = capsys.readouterr().out
     study = optuna.load_study(study_name="lenet_skin", storage=f"sqlite:///{workdir}/optuna.db")
-    record = study.user_attrs["medtune_finalists"]
+    record = study_facts(study).finalists
     done = sorted(study.get_trials(states=(TS.COMPLETE,)), key=lambda t: (-t.value, t.number))
     assert record["trials"] == [t.number for t in done[:2]]
     assert (record["method"], record["runs"]) == ("reseeds", 2)
@@ -58,7 +59,7 @@ def test_the_finalists_are_retrained_and_the_best_mean_is_champion(workdir, tiny
     assert "study_plots/finalists.png" in {
         a.path for a in client.list_artifacts(parent.info.run_id, "study_plots")}
     # The test split judges the champion's own model, and export registers it.
-    test = study.user_attrs["medtune_test"]
+    test = study_facts(study).test
     assert test["trial"] == champion
     assert test["test_accuracy"] == pytest.approx(study.trials[champion].value, abs=1e-6)
     assert epochs_spent(study) == sum(t.user_attrs["epochs_run"] for t in study.trials
@@ -86,7 +87,7 @@ def test_a_small_data_set_cross_validates_each_finalist(workdir, tiny_skin, caps
     assert tune(workdir, "--task", task, "--n-trials", "2", "--finalists", "1",
                 "--data-dir", str(tiny_skin)) == 0
     study = optuna.load_study(study_name="lenet_skin", storage=f"sqlite:///{workdir}/optuna.db")
-    record = study.user_attrs["medtune_finalists"]
+    record = study_facts(study).finalists
     assert (record["method"], record["runs"]) == ("folds", 3)
     (number,) = record["trials"]
     result = record["results"][str(number)]
@@ -106,7 +107,7 @@ def test_an_epoch_budget_keeps_room_for_the_finalists(workdir, tiny_skin):
     assert tune(workdir, "--task", task, "--n-trials", "20", "--epoch-budget", "10",
                 "--finalists", "1", "--data-dir", str(tiny_skin)) == 0
     study = optuna.load_study(study_name="lenet_skin", storage=f"sqlite:///{workdir}/optuna.db")
-    record = study.user_attrs["medtune_finalists"]
+    record = study_facts(study).finalists
     searched = epochs_spent(study) - record["epochs"]
     assert record["epochs"] > 0 and searched <= 10 - record["epochs"] + 2
     assert epochs_spent(study) <= 10 + 2
@@ -124,7 +125,7 @@ def test_the_champion_is_the_rechecked_pick_only_while_its_finalists_are_the_bes
     for value in (0.7, 0.8, 0.8):
         study.add_trial(create_trial(value=value))
     assert champion_trial(study).number == 1  # trial 2 ties it, later
-    study.set_user_attr("medtune_finalists", {"trials": [1, 2], "champion": 2})
+    note_study(study, finalists={"trials": [1, 2], "champion": 2})
     assert champion_trial(study).number == 2  # the re-check's pick
     study.add_trial(create_trial(value=0.9))
     assert champion_trial(study).number == 3  # passed since: the re-check no longer holds
@@ -157,7 +158,7 @@ def test_the_finalists_ensemble_is_weighed_on_their_folds_and_taken_as_one_model
                 "--refit-epochs", "4", "--data-dir", str(tiny_skin)) == 0
     out = capsys.readouterr().out
     study = optuna.load_study(study_name="lenet_skin", storage=f"sqlite:///{workdir}/optuna.db")
-    record = study.user_attrs["medtune_finalists"]
+    record = study_facts(study).finalists
     (real,) = verdicts
     ensemble = record["ensemble"]
     assert ensemble["members"] == [record["champion"]] + [
@@ -170,7 +171,7 @@ def test_the_finalists_ensemble_is_weighed_on_their_folds_and_taken_as_one_model
     assert f"ensemble of #{ensemble['members'][0]}, #{ensemble['members'][1]}" in out
     assert "no refit: the finalists' ensemble is the champion" in out
     # The test split judged the ensemble, as one model; its child run holds the held-in values.
-    test = study.user_attrs["medtune_test"]
+    test = study_facts(study).test
     assert test["model"] == "ensemble" and test["model_id"] == ensemble["model_id"]
     client, _, children = runs(workdir)
     (run,) = [c for c in children if c.data.tags["medtune.kind"] == "ensemble"]

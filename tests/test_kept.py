@@ -17,6 +17,8 @@ import pytest
 from conftest import TS, finished, tune
 from mlflow.tracking import MlflowClient
 
+from search.records import note_study, study_facts
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -106,14 +108,14 @@ def test_another_machine_refits_judges_and_exports_from_mlflow_without_retrainin
                  "--epochs", "2", "--n-trials", "3"]
     medtune("host_a", *tune_args)
     study = optuna.load_study(study_name="lenet_kept", storage=storage)
-    study.set_user_attr("medtune_test", None)  # as if host a had died before the study's end
+    note_study(study, test=None)  # as if host a had died before the study's end
     shutil.rmtree(tmp_path / "host_a")  # and its disk were gone
 
     out = medtune("host_b", *tune_args, "--refit-epochs", "4")
     assert "3 of 3 trials done" in out and "(16 images, never used to select)" in out
     study = optuna.load_study(study_name="lenet_kept", storage=storage)
-    best, refit, test = (study.best_trial, study.user_attrs["medtune_refit"],
-                         study.user_attrs["medtune_test"])
+    best, refit, test = (study.best_trial, study_facts(study).refit,
+                         study_facts(study).test)
     assert refit["trial"] == best.number and refit["from_epoch"] == best.user_attrs["best_epoch"]
     champion = refit["value"] if refit["champion"] else best.value
     # The champion's own weights, loaded from MLflow, scored on the test split.

@@ -11,7 +11,7 @@ from datasets import loader
 from models import build_model, settings_from
 from search.spec.study_files import load_spec
 from search.trial.problems import make_problem
-from search.trial.run import run_trial
+from search.trial.run import Planned, run_trial
 from search.trial.training import fresh_keras_session, precision_policy
 
 MIXED = "mixed_float16"
@@ -56,7 +56,7 @@ def test_a_mixed_precision_trial_trains_with_a_finite_loss(tiny_skin, trial_run)
                                                  synthetic=spec.synthetic))
     params = {k: v for k, v in spec.baselines[0].items() if k != "note"}
     with fresh_keras_session():
-        model = run_trial(spec, problem, params, trial_run, epochs=1, seed=0).model
+        model = run_trial(Planned(spec, problem, params, 1, 0), trial_run).model
         assert type(model.optimizer).__name__ == "LossScaleOptimizer"
         assert model.layers[-1].compute_dtype == "float32"
     history = trial_run.history

@@ -10,6 +10,7 @@ import pytest
 from conftest import runs, tune
 
 from search.cli import main
+from search.records import study_facts
 from search.report.numbers import wilson
 
 
@@ -36,7 +37,7 @@ def test_a_study_report_holds_its_sections_inline_and_is_logged(workdir, tiny_sk
                     "Learning curves", "The champion", "The study's history", "What it means"):
         assert f"<h2>{heading}</h2>" in page and f"## {heading}" in md
     study = optuna.load_study(study_name="lenet_skin", storage=f"sqlite:///{workdir}/optuna.db")
-    record = study.user_attrs["medtune_finalists"]
+    record = study_facts(study).finalists
     champion = record["results"][str(record["champion"])]
     # The data: each split's class counts; the reproduce command; the code version.
     assert "<th>split</th><th>Mel</th><th>Nevi</th>" in page.replace("\n", "")
@@ -45,7 +46,7 @@ def test_a_study_report_holds_its_sections_inline_and_is_logged(workdir, tiny_sk
     # with its test accuracy and Wilson interval.
     assert re.search(r"\| lab recipe \(Lab 1: b=32, batch 8, LR 1e-4, 200 epochs\) \| #0 \|", md)
     assert f"{champion['mean']:.4g} ± {champion['sd']:.3f} | {champion['n']} |" in md
-    test = study.user_attrs["medtune_test"]["test_accuracy"]
+    test = study_facts(study).test["test_accuracy"]
     low, high = wilson(test, 12)
     assert f"{test:.3f} ({low:.3f}-{high:.3f}, n = 12)" in md
     # Images: inline PNGs in the HTML, files beside the Markdown.

@@ -12,6 +12,7 @@ import pytest
 from conftest import finished, runs, tune
 
 from search.cli import main
+from search.records import note_study, study_facts
 from search.runtime.worker import FreezeSurvivors
 from search.spec.study_files import load_spec
 
@@ -293,7 +294,7 @@ def test_a_test_split_judges_the_best_trial_once_at_the_end(workdir, tiny_skin, 
     assert tune(workdir, "--task", "lenet_skin", "--n-trials", "2",
                 "--data-dir", str(tiny_skin)) == 0
     study = optuna.load_study(study_name="lenet_skin", storage=f"sqlite:///{workdir}/optuna.db")
-    test = study.user_attrs["medtune_test"]
+    test = study_facts(study).test
     assert test["trial"] == study.best_trial.number and test["n_test"] == 12
     # The test split holds the validation images here, so the scores must agree.
     assert test["test_accuracy"] == pytest.approx(study.best_value, abs=1e-6)
@@ -321,7 +322,7 @@ def test_the_refit_continues_the_best_trial_and_the_champion_is_judged(workdir, 
                 "--refit-epochs", "4", "--data-dir", str(tiny_skin)) == 0
     study = optuna.load_study(study_name="lenet_skin", storage=f"sqlite:///{workdir}/optuna.db")
     best = study.best_trial
-    refit = study.user_attrs["medtune_refit"]
+    refit = study_facts(study).refit
     assert (refit["trial"], refit["epochs"]) == (best.number, 4)
     assert refit["from_epoch"] == best.user_attrs["best_epoch"]
     assert refit["champion"] == (refit["value"] > best.value)
@@ -331,7 +332,7 @@ def test_the_refit_continues_the_best_trial_and_the_champion_is_judged(workdir, 
     assert run.data.params["refit_of_trial"] == str(best.number)
     steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_accuracy")]
     assert steps and steps[0] == refit["from_epoch"] + 1 and steps[-1] <= 4
-    test = study.user_attrs["medtune_test"]
+    test = study_facts(study).test
     champion = refit["value"] if refit["champion"] else best.value
     assert test["model"] == ("refit" if refit["champion"] else "trial")
     assert test["test_accuracy"] == pytest.approx(champion, abs=1e-6)
@@ -355,18 +356,18 @@ def test_a_study_continued_with_another_split_or_synthetic_set_is_refused(tmp_pa
     import dataclasses
 
     from search.spec.settings import resolve_settings
-    from search.study.run import SETTINGS_ATTR, open_study
+    from search.study.run import open_study
 
     spec = load_spec("unet_xray")
     settings = resolve_settings(spec, storage=f"sqlite:///{tmp_path}/o.db", n_trials=1)
     study = open_study(spec, settings)
-    recorded = study.user_attrs[SETTINGS_ATTR]
+    recorded = study_facts(study).settings
     assert recorded["split"] == spec.split and "synthetic" in recorded
     other = dataclasses.replace(spec, split={**spec.split, "validation_fraction": 0.3})
     with pytest.raises(ValueError, match="was made with split="):
         open_study(other, settings)
     # An older record without them: continued, and they are recorded from now on.
-    study.set_user_attr(SETTINGS_ATTR, {k: v for k, v in recorded.items()
+    note_study(study, settings={k: v for k, v in recorded.items()
                                         if k not in ("split", "synthetic")})
     study = open_study(other, settings)
-    assert study.user_attrs[SETTINGS_ATTR]["split"]["validation_fraction"] == 0.3
+    assert study_facts(study).settings["split"]["validation_fraction"] == 0.3

@@ -16,8 +16,9 @@ from conftest import tune
 from mlflow.tracking import MlflowClient
 
 from search.cli import main
+from search.records import note_study, study_facts
 from search.runtime.worker import owner_id
-from search.tracking.joining import JOIN_WAIT_SECONDS, MAKER_ATTR, OUTER_ATTR, PARENT_ATTR
+from search.tracking.joining import JOIN_WAIT_SECONDS, OUTER_ATTR
 from search.tracking.runs import KIND, KIND_TAG, finish_system_metrics, log_params, system_metrics
 from search.tracking.study_run import StudyTracker
 
@@ -182,19 +183,19 @@ def test_workers_starting_a_new_study_together_share_its_one_run(tmp_path):
     record wins, after a 1 s pause": a maker more than the pause late left two study runs)."""
     storage, tracking = f"sqlite:///{tmp_path}/optuna.db", f"sqlite:///{tmp_path}/mlflow.db"
     made = optuna.create_study(study_name="together", storage=storage)
-    made.set_user_attr(MAKER_ATTR, "host-a:100:1")  # another host: whether it lives is unknown
+    note_study(made, made_by="host-a:100:1")  # another host: whether it lives is unknown
     joined: list[StudyTracker] = []
     joiner = threading.Thread(target=lambda: joined.append(StudyTracker.open(
         optuna.load_study(study_name="together", storage=storage), settings={"side": "b"},
         tags={}, experiment="labs", tracking_uri=tracking, joined=True)))
     joiner.start()
     time.sleep(2.0)  # host A is slow to get to its run
-    assert joiner.is_alive() and PARENT_ATTR not in made.user_attrs
+    assert joiner.is_alive() and study_facts(made).parent_run_id is None
     maker = StudyTracker.open(made, settings={"side": "a"}, tags={}, experiment="labs",
                               tracking_uri=tracking)
     joiner.join(timeout=30)
     assert maker.created and not joined[0].created
-    assert joined[0].parent_run_id == maker.parent_run_id == made.user_attrs[PARENT_ATTR]
+    assert joined[0].parent_run_id == maker.parent_run_id == study_facts(made).parent_run_id
     client = MlflowClient(tracking)
     runs = client.search_runs([client.get_experiment_by_name("labs").experiment_id])
     assert [r.info.run_id for r in runs] == [maker.parent_run_id]
@@ -205,14 +206,14 @@ def test_a_worker_does_not_wait_for_the_run_of_a_maker_that_died(tmp_path):
     death is known): a worker that continues the study makes the run at once."""
     maker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     study = optuna.create_study(study_name="orphan", storage=f"sqlite:///{tmp_path}/o.db")
-    study.set_user_attr(MAKER_ATTR, owner_id(maker.pid))
+    note_study(study, made_by=owner_id(maker.pid))
     maker.kill()
     maker.wait()
     started = time.monotonic()
     tracker = StudyTracker.open(study, settings={}, tags={}, experiment="labs",
                                 tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", joined=True)
     assert time.monotonic() - started < JOIN_WAIT_SECONDS / 4
-    assert tracker.created and study.user_attrs[PARENT_ATTR] == tracker.parent_run_id
+    assert tracker.created and study_facts(study).parent_run_id == tracker.parent_run_id
 
 
 def test_workers_relaunched_on_a_study_whose_run_was_deleted_make_one_new_run(tmp_path):
@@ -220,7 +221,7 @@ def test_workers_relaunched_on_a_study_whose_run_was_deleted_make_one_new_run(tm
     same moment: neither waits for a maker, and they settle on one new run."""
     storage, tracking = f"sqlite:///{tmp_path}/optuna.db", f"sqlite:///{tmp_path}/mlflow.db"
     study = optuna.create_study(study_name="again", storage=storage)
-    study.set_user_attr(MAKER_ATTR, "host-a:100:1")
+    note_study(study, made_by="host-a:100:1")
     first = StudyTracker.open(study, settings={}, tags={}, experiment="labs",
                               tracking_uri=tracking)
     client = MlflowClient(tracking)
@@ -235,7 +236,7 @@ def test_workers_relaunched_on_a_study_whose_run_was_deleted_make_one_new_run(tm
     for worker in workers:
         worker.join(timeout=30)
     assert time.monotonic() - started < JOIN_WAIT_SECONDS / 4
-    assert len({t.parent_run_id for t in opened} | {study.user_attrs[PARENT_ATTR]}) == 1
+    assert len({t.parent_run_id for t in opened} | {study_facts(study).parent_run_id}) == 1
     assert sum(t.created for t in opened) == 1
     live = client.search_runs([first.experiment_id])
     assert [r.info.run_id for r in live] == [opened[0].parent_run_id] != [first.parent_run_id]

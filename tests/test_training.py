@@ -29,7 +29,7 @@ def test_a_trial_has_no_per_batch_callback_and_stops_on_a_non_finite_loss(tiny_s
     from datasets import loader
     from search.spec.study_files import load_spec
     from search.trial.problems import make_problem
-    from search.trial.run import run_trial
+    from search.trial.run import Planned, run_trial
     from search.trial.training import StopOnNonFinite, fresh_keras_session
 
     seen = []
@@ -45,7 +45,7 @@ def test_a_trial_has_no_per_batch_callback_and_stops_on_a_non_finite_loss(tiny_s
                                                  synthetic=spec.synthetic))
     params = {k: v for k, v in spec.baselines[0].items() if k != "note"}
     with fresh_keras_session():
-        run_trial(spec, problem, params, trial_run, epochs=1, seed=0)
+        run_trial(Planned(spec, problem, params, 1, 0), trial_run)
     base = keras.callbacks.Callback
     assert seen and any(isinstance(c, StopOnNonFinite) for c in seen)
     for callback in seen:

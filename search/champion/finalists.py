@@ -33,14 +33,13 @@ from sklearn.model_selection import KFold, StratifiedKFold
 from search.champion.ensemble import keep_ensemble, validation_outputs, weigh
 from search.champion.kept import Keeper
 from search.outcomes import TrialFailed
-from search.records import FINALISTS_ATTR, facts, ranked
+from search.records import facts, note_study, ranked, study_facts
 from search.spec.study_files import StudySpec
 from search.tracking.models import drop_model
 from search.tracking.study_run import StudyTracker
 from search.tracking.trial_run import TrialRecord
 from search.trial.problems import make_problem
-from search.trial.run import fixed_params, run_trial
-from search.trial.training import fresh_keras_session
+from search.trial.run import Planned, trial_of_study
 
 SEED_STRIDE = 100_003  # re-run k of a trial seeded `seed + k * SEED_STRIDE`: no other trial's
 
@@ -102,12 +101,12 @@ def recheck(spec: StudySpec, keeper: Keeper, study: optuna.Study, tracker: Study
             finalists: int, epochs: int, budget: int | None = None, verbose: bool = True
             ) -> dict[str, Any] | None:
     """Train the study's best `finalists` configurations again and name the champion; the
-    record (also the study's `medtune_finalists` attr), or None when there is nothing to do."""
+    record (also the study's `StudyFacts.finalists`), or None when there is nothing to do."""
     how, count = method(spec, keeper.problem)
     top = ranked(study)[:planned(spec, keeper.problem, study, finalists, epochs, budget)]
     if not top or not count:
         return None
-    done = study.user_attrs.get(FINALISTS_ATTR)
+    done = study_facts(study).finalists
     if done and done["trials"] == top and (done["method"], done["runs"]) == (how, count):
         return done  # a continued study with the same finalists is not retrained
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
@@ -138,7 +137,7 @@ def recheck(spec: StudySpec, keeper: Keeper, study: optuna.Study, tracker: Study
         record["ensemble"] = weigh(spec, keeper.problem, study, record, held)
         if record["ensemble"] and record["ensemble"]["chosen"]:
             keep_ensemble(keeper, study, tracker, record["ensemble"], spec.objective)
-    study.set_user_attr(FINALISTS_ATTR, record)
+    note_study(study, finalists=record)
     if old := ((done or {}).get("ensemble") or {}).get("model_id"):  # an earlier re-check's
         try:
             drop_model(tracker.client, old)
@@ -156,20 +155,17 @@ def _rerun(spec: StudySpec, problem, study: optuna.Study, tracker: StudyTracker,
     seed = facts(trial).seed_or_number(trial.number) + k * SEED_STRIDE
     epochs = facts(trial).epochs or epochs  # a Keras Tuner trial's own
     record = TrialRecord(trial.number)
-    fixed = {**fixed_params(spec, problem, trial.params, epochs),
-             "finalist_of_trial": trial.number, how.removesuffix("s"): k, "seed": seed}
+    plan = Planned(spec, problem, trial.params, epochs, seed)
     name = f"{study.study_name}-t{trial.number:04d}-{how[0]}{k}"
     chance = problem.chance().get(spec.objective.removeprefix("val_"), 0.0)
     outcome = {"value": chance, "stopped": None, "epochs": 0, "outputs": None}
     try:
-        with (tracker.trial_run(record, trial.params, fixed, name=name, kind="finalist") as run,
-              fresh_keras_session()):
-            result = run_trial(spec, problem, trial.params, run, epochs=epochs,
-                               # measured, not searched: the stuck stop waits as for a lab recipe
-                               # (a slow seed or fold of a configuration that completed in the
-                               # search is not a configuration that fails)
-                               seed=seed, baseline=True,
-                               verbose=verbose)
+        # Measured, not searched: the stuck stop waits as for a lab recipe (a slow seed or fold
+        # of a configuration that completed in the search is not a configuration that fails).
+        with trial_of_study(tracker, record, plan, name=name, kind="finalist",
+                            extra={"finalist_of_trial": trial.number, how.removesuffix("s"): k,
+                                   "seed": seed},
+                            baseline=True, verbose=verbose) as (run, result):
             if outputs:  # for the ensemble's weighing
                 outcome["outputs"] = validation_outputs(result.model, problem, result.config)
         outcome["value"] = result.value

@@ -3,7 +3,7 @@
 Selection uses validation only. The study's best trials keep their models (their best epoch's)
 in MLflow (`search.champion.kept`); when the study ends, the champion (the best trial's model, or
 its refit's) is loaded from there, on whichever machine ends the study, and scored on the test
-split once. The scores are recorded on the study (`medtune_test`) for the summary, the study's
+split once. The scores are recorded on the study (`StudyFacts.test`) for the summary, the study's
 MLflow run and `compare`; nothing feeds them to the sampler or the pruner.
 """
 
@@ -14,7 +14,7 @@ from typing import Any
 
 import optuna
 
-from search.records import TEST_ATTR, champion_trial, model_kind
+from search.records import champion_trial, model_kind, note_study, study_facts
 from search.trial.training import compile_model, compiled_model, fresh_keras_session
 
 
@@ -35,7 +35,7 @@ def judge_best(spec, problem, study: optuna.Study, tracking_uri: str | None,
     if model_id is None:
         return None
     kind = model_kind(study, best, model_id)
-    recorded = study.user_attrs.get(TEST_ATTR)
+    recorded = study_facts(study).test
     if recorded and recorded.get("model_id") == model_id:
         return recorded  # judged once: a continued study with the same pick is not rescored
     try:
@@ -47,7 +47,7 @@ def judge_best(spec, problem, study: optuna.Study, tracking_uri: str | None,
     result = {"trial": best.number, "model": kind, "model_id": model_id,
               "n_test": len(problem.data.extra["y_test"]),
               **{f"test_{k}": float(v) for k, v in scores.items()}}
-    study.set_user_attr(TEST_ATTR, result)
+    note_study(study, test=result)
     return result
 
 

@@ -19,13 +19,13 @@ import keras
 import optuna
 
 from search.records import (
-    REFIT_ATTR,
     champion_trial,
     ensemble_id,
     facts,
     lab_recipe,
     note,
     ranked,
+    study_facts,
 )
 from search.spec.study_files import StudySpec
 from search.tracking.manifest import served_requirements
@@ -102,7 +102,7 @@ def champion_id(study: optuna.Study, refit: Mapping[str, Any] | None = None) -> 
     completed trial or a kept model."""
     if ensemble := ensemble_id(study):  # the finalists averaged beat the best on held-in runs
         return ensemble
-    refit = refit or study.user_attrs.get(REFIT_ATTR)
+    refit = refit or study_facts(study).refit
     best = champion_trial(study)
     if best is None:
         return None

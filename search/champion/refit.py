@@ -20,13 +20,13 @@ import optuna
 
 from search.champion.kept import Keeper, load
 from search.outcomes import TrialFailed
-from search.records import REFIT_ATTR, champion_trial, ensemble_id, facts
+from search.records import champion_trial, ensemble_id, facts, note_study, study_facts
 from search.spec.study_files import StudySpec
 from search.tracking.models import drop_model
 from search.tracking.study_run import StudyTracker
 from search.tracking.trial_run import TrialRecord
-from search.trial.run import fixed_params, run_trial
-from search.trial.training import EarlierTraining, fresh_keras_session
+from search.trial.run import Planned, trial_of_study
+from search.trial.training import EarlierTraining
 
 
 def refit_best(spec: StudySpec, keeper: Keeper, study: optuna.Study, tracker: StudyTracker,
@@ -39,7 +39,7 @@ def refit_best(spec: StudySpec, keeper: Keeper, study: optuna.Study, tracker: St
     if ensemble_id(study):  # a refit continues one model; the finalists' average beat it
         print("medtune: no refit: the finalists' ensemble is the champion", flush=True)
         return None
-    done = study.user_attrs.get(REFIT_ATTR)
+    done = study_facts(study).refit
     if done and done["trial"] == best.number and done["epochs"] == epochs:
         return done  # refitted already: a continued study with the same best is not retrained
     model_id = facts(best).model_id
@@ -55,19 +55,16 @@ def refit_best(spec: StudySpec, keeper: Keeper, study: optuna.Study, tracker: St
         model.set_weights(load(model_id, tracker.tracking_uri).get_weights())
         return EarlierTraining(start)
 
-    seed = facts(best).seed_or_number(best.number)
-    fixed = {**fixed_params(spec, problem, best.params, epochs), "refit_of_trial": best.number,
-             "initial_epoch": start}
+    plan = Planned(spec, problem, best.params, epochs, facts(best).seed_or_number(best.number))
     record = TrialRecord(best.number)
     outcome = {"trial": best.number, "epochs": epochs, "from_epoch": start,
                "trial_value": best.value, "value": best.value, "best_epoch": start,
                "champion": False}
     try:
-        with tracker.trial_run(record, best.params, fixed, name=f"{study.study_name}-refit",
-                               kind="refit") as run, fresh_keras_session():
-            result = run_trial(spec, problem, best.params, run, epochs=epochs, seed=seed,
-                               restore=restore, is_best=lambda value: value > best.value,
-                               verbose=verbose)
+        with trial_of_study(tracker, record, plan, name=f"{study.study_name}-refit", kind="refit",
+                            extra={"refit_of_trial": best.number, "initial_epoch": start},
+                            restore=restore, is_best=lambda value: value > best.value,
+                            verbose=verbose) as (run, result):
             if result.best_so_far:  # else the trial's own model stays the champion
                 outcome["model_id"] = keep_refit(keeper, run, study, result, done)
             run.log_metrics({"refit.trial_value": best.value,
@@ -77,7 +74,7 @@ def refit_best(spec: StudySpec, keeper: Keeper, study: optuna.Study, tracker: St
     except (optuna.TrialPruned, TrialFailed) as stop:  # stuck or diverged: the trial stays
         outcome["stopped"] = str(stop)
     outcome["run_id"] = facts(record).run_id
-    study.set_user_attr(REFIT_ATTR, outcome)
+    note_study(study, refit=outcome)
     return outcome
 
 

@@ -28,9 +28,9 @@ from search.engines.objective import improves
 from search.outcomes import Stuck
 from search.records import attrs, note
 from search.spec.study_files import StudySpec
-from search.tracking.trial_run import TrialRecord, TrialRun
-from search.trial.run import Restore, fixed_params, run_trial
-from search.trial.training import EarlierTraining, compiled_model, fresh_keras_session
+from search.tracking.trial_run import TrialRecord
+from search.trial.run import Planned, Restore, trial_of_study
+from search.trial.training import EarlierTraining, compiled_model
 
 
 def state_dir() -> Path:
@@ -78,7 +78,6 @@ class _Recorded(TrialRecord):
     def __init__(self, number: int, params: dict[str, Any]):
         super().__init__(number)
         self.params = params
-        self.run: TrialRun | None = None
         self.state, self.value = TS.FAIL, None
         self.started = time.monotonic()
 
@@ -100,7 +99,9 @@ class _Recorded(TrialRecord):
             distributions={k: spec.space[k] for k in self.params},
             value=self.value,
             state=self.state,
-            intermediate_values={initial + i + 1: v
+            # Steps are epochs counted from 0, as Keras and Optuna's pruning callback count
+            # them: a promoted trial's first is its initial_epoch.
+            intermediate_values={initial + i: v
                                  for i, v in enumerate(self.curve(spec.objective))},
             user_attrs={**self.user_attrs, **attrs(
                 engine="keras-tuner", seed=seed,
@@ -132,18 +133,16 @@ class _Hyperband(keras_tuner.Hyperband):
         record = _Recorded(len(job.study.trials), params)
         epochs = hp.values.get("tuner/epochs", job.settings.epochs)
         initial, parent = hp.values.get("tuner/initial_epoch", 0), hp.values.get("tuner/trial_id")
-        fixed = {**fixed_params(job.spec, job.problem, params, epochs), "initial_epoch": initial,
-                 "keras_tuner_trial": trial.trial_id, "continues_trial": parent or ""}
-        seed = job.settings.seed + record.number
+        plan = Planned(job.spec, job.problem, params, epochs, job.settings.seed + record.number)
+        extra = {"initial_epoch": initial, "keras_tuner_trial": trial.trial_id,
+                 "continues_trial": parent or ""}
         note(record, epochs=epochs)  # Hyperband's, not the study's: what export replays
         try:
-            with job.tracker.trial_run(record, params, fixed) as run, fresh_keras_session():
-                record.run = run
-                result = run_trial(
-                    job.spec, job.problem, params, run, epochs=epochs, seed=seed,
-                    restore=self._continue(parent, initial) if parent else None,
-                    is_best=lambda v: improves(job.study, v), verbose=job.verbose,
-                )
+            with trial_of_study(
+                job.tracker, record, plan, extra=extra,
+                restore=self._continue(parent, initial) if parent else None,
+                is_best=lambda v: improves(job.study, v), verbose=job.verbose,
+            ) as (run, result):
                 self._keep(trial.trial_id, result.model)
                 job.keeper.keep_if_top(job.study, record, run, result)
                 note(record, best_epoch=result.best_epoch)
@@ -151,7 +150,7 @@ class _Hyperband(keras_tuner.Hyperband):
         except Stuck:  # recorded as pruned; Hyperband ranks it below every trial (see score)
             record.end(TS.PRUNED, None)
         finally:  # failed trials too: Keras Tuner goes on, and so does the record
-            record.add_to(job.study, job.spec, initial, seed)
+            record.add_to(job.study, job.spec, initial, plan.seed)
         return {job.spec.objective: record.score(job.spec.objective)}
 
     def _continue(self, parent: str, initial_epoch: int) -> Restore:

@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 import optuna
 
-from search.records import facts
+from search.records import facts, study_facts
 
 # What `n_trials` counts: trials that gave the search an answer. A failed trial does not count:
 # one whose worker died or was interrupted is retried, one that failed on its own is not.
@@ -19,7 +19,7 @@ COUNTED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 def epochs_spent(study: optuna.Study) -> int:
     """Epochs trained by all of the study's trials (a pruned trial counts those it ran) and
     by the re-check of its finalists (`search.champion.finalists`)."""
-    finalists = study.user_attrs.get("medtune_finalists") or {}
+    finalists = study_facts(study).finalists or {}
     return (sum(facts(t).epochs_run or 0 for t in study.get_trials(deepcopy=False))
             + finalists.get("epochs", 0))
 
@@ -67,7 +67,7 @@ def stop_reason(study: optuna.Study, *, n_trials: int, epoch_budget: int | None,
                 room: Callable[[optuna.Study], int] | None = None) -> str:
     """Why a study's run ended, for its summary (an interrupted one says so where it stops);
     `room`: what its search kept for the finalists, as `EpochBudget` takes it."""
-    finalists = (study.user_attrs.get("medtune_finalists") or {}).get("epochs", 0)
+    finalists = (study_facts(study).finalists or {}).get("epochs", 0)
     kept = room(study) if room else 0
     # The search stopped once its own epochs and the room reached the budget.
     if epoch_budget and epochs_spent(study) - finalists + kept >= epoch_budget:

@@ -20,8 +20,7 @@ from search.spec.study_files import StudySpec
 from search.tracking.study_run import StudyTracker
 from search.trial.checkpoints import Checkpoint
 from search.trial.problems import Classification, Segmentation
-from search.trial.run import fixed_params, run_trial
-from search.trial.training import fresh_keras_session
+from search.trial.run import Planned, trial_of_study
 
 
 def make_objective(
@@ -44,23 +43,20 @@ def make_objective(
         checkpoint = Checkpoint.of_trial(storage, trial.study.study_name, number,
                                          spec.recovery["checkpoint_every_s"])
         resume = origin is not None and checkpoint.exists()
-        trial_seed = seed + number  # a replay with the same seed retrains the same way
-        note(trial, seed=trial_seed)
-        fixed = fixed_params(spec, problem, params, epochs)
-        with (tracker.trial_run(trial, params, fixed) as run, fresh_keras_session(),
-              checkpoint.removed_unless_interrupted()):
-            result = run_trial(
-                spec, problem, params, run, epochs=epochs, seed=trial_seed,
-                restore=checkpoint.restore if resume else None, checkpoint=checkpoint,
-                pruning=KerasPruningCallback(trial, spec.objective),
-                is_best=lambda value: improves(trial.study, value),
-                baseline=bool(facts(trial).baseline), verbose=verbose,
-            )
+        plan = Planned(spec, problem, params, epochs, seed + number)  # a replay with the same
+        note(trial, seed=plan.seed)  # seed retrains the same way
+        with trial_of_study(
+            tracker, trial, plan, checkpoint=checkpoint,
+            restore=checkpoint.restore if resume else None,
+            pruning=KerasPruningCallback(trial, spec.objective),
+            is_best=lambda value: improves(trial.study, value),
+            baseline=bool(facts(trial).baseline), verbose=verbose,
+        ) as (run, result):
             # Among the study's best? Its model is kept in MLflow (the test split, the refit
             # and export load it from there).
             keeper.keep_if_top(trial.study, trial, run, result)
             note(trial, best_epoch=result.best_epoch)
-            return result.value
+        return result.value
 
     return objective
 

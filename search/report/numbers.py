@@ -16,13 +16,12 @@ import optuna
 from mlflow.tracking import MlflowClient
 
 from search.records import (
-    FINALISTS_ATTR,
-    TEST_ATTR,
     champion_trial,
     current_finalists,
     ensemble_id,
     facts,
     lab_recipe,
+    study_facts,
 )
 from search.tracking import plots
 
@@ -88,16 +87,16 @@ def collect(study: optuna.Study, tracking_uri: str | None, *, spec=None, problem
     """The report of `study`; `spec` and `problem` where the caller has them (a study that
     just ended), else read from the study's record and loaded again (cached)."""
     from search.report.sentences import sentences
-    from search.study.run import SETTINGS_ATTR, prepare_problem, recorded_spec
-    from search.tracking.joining import PARENT_ATTR
+    from search.study.run import prepare_problem, recorded_spec
 
     client = MlflowClient(tracking_uri or mlflow.get_tracking_uri())
-    recorded = study.user_attrs[SETTINGS_ATTR]
+    record = study_facts(study)
+    recorded = record.settings
     spec = spec or recorded_spec(study)
     if problem is None:  # the study's data as its trials had it (a transfer head's features)
         problem = prepare_problem(spec, recorded.get("data_dir"), recorded["image_size"],
                                   recorded.get("base"), client.tracking_uri)[0]
-    parent = client.get_run(study.user_attrs[PARENT_ATTR])
+    parent = client.get_run(record.parent_run_id)
     params = parent.data.params
     manifest = _manifest(client, parent.info.run_id)
     # The settings as resolved (the manifest's): under `mlflow run` the run's params are the
@@ -179,7 +178,7 @@ def _rows(spec, problem, study: optuna.Study, champion, lab_trial, tracking_uri:
     from search.champion.holdout import test_scores
 
     record = current_finalists(study)
-    test = study.user_attrs.get(TEST_ATTR) or {}
+    test = study_facts(study).test or {}
     has_test = "x_test" in problem.data.extra
     n_test = len(problem.data.extra["y_test"]) if has_test else 0
 
@@ -288,6 +287,6 @@ def _figures(client: MlflowClient, study: optuna.Study, spec, problem, champion,
                 path = client.download_artifacts(run_id, f"plots/{name}.png")
                 with open(path, "rb") as file:
                     figures[name] = file.read()
-    if study.user_attrs.get(FINALISTS_ATTR) and current_finalists(study):
-        figures["finalists"] = plots.png(plots.finalists(current_finalists(study), spec.objective))
+    if recheck := current_finalists(study):
+        figures["finalists"] = plots.png(plots.finalists(recheck, spec.objective))
     return figures

@@ -155,13 +155,13 @@ def report_study(study, tracking_uri: str | None, folder: Path, *, spec=None, pr
     (`report/`); the paths of its HTML and Markdown."""
     from mlflow.tracking import MlflowClient
 
+    from search.records import study_facts
     from search.report.numbers import collect
-    from search.tracking.joining import PARENT_ATTR
 
     report = collect(study, tracking_uri, spec=spec, problem=problem)
     paths = write(report, folder)
     client = MlflowClient(tracking_uri) if tracking_uri else MlflowClient()
-    client.log_artifacts(study.user_attrs[PARENT_ATTR], str(folder), "report")
+    client.log_artifacts(study_facts(study).parent_run_id, str(folder), "report")
     return paths
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import optuna
 import pandas as pd
 
-from search.records import FINALISTS_ATTR, TEST_ATTR, facts
+from search.records import facts, study_facts
 from search.runtime.storages import open_storage
 from search.runtime.urls import mask_password
 
@@ -22,11 +22,12 @@ def best_trials(storage: str, studies: list[str], top: int = 3) -> pd.DataFrame:
             known = ", ".join(optuna.get_all_study_names(open_storage(storage))) or "none"
             raise ValueError(f"no study {name!r} in {mask_password(storage)}; "
                              f"studies there: {known}") from None
-        objective = study.user_attrs.get("medtune_objective", "value")
+        record = study_facts(study)
+        objective = record.objective or "value"
         done = sorted(study.get_trials(deepcopy=False, states=(TS.COMPLETE,)),
                       key=lambda t: t.value, reverse=True)
-        test = study.user_attrs.get(TEST_ATTR, {})  # the champion's, judged once
-        recheck = (study.user_attrs.get(FINALISTS_ATTR) or {}).get("results", {})
+        test = record.test or {}  # the champion's, judged once
+        recheck = (record.finalists or {}).get("results", {})
         for rank, trial in enumerate(done[:top], start=1):
             again = recheck.get(str(trial.number))
             score = test.get(f"test_{objective.removeprefix('val_')}")

@@ -19,13 +19,12 @@ import keras
 import optuna
 
 from search.champion import kept
-from search.records import FINALISTS_ATTR, REFIT_ATTR, champion_trial, facts, model_kind
+from search.records import champion_trial, facts, model_kind, study_facts
 from search.runtime.storages import open_storage
 from search.runtime.urls import mask_password
 from search.serving.registry import Registered, export_run, register_model
 from search.spec.study_files import StudySpec
 from search.study.run import (
-    SETTINGS_ATTR,
     data_record,
     feature_base,
     prepare_problem,
@@ -34,7 +33,7 @@ from search.study.run import (
 from search.tracking.manifest import served_requirements
 from search.tracking.models import kept_model
 from search.tracking.trial_run import TrialRun
-from search.trial.run import run_trial
+from search.trial.run import Planned, run_trial
 from search.trial.training import fresh_keras_session
 
 
@@ -62,8 +61,9 @@ def best_trial(study_name: str, storage: str) -> tuple[optuna.Study, optuna.tria
             f"no study {study_name!r} in {mask_password(storage)}: run `medtune tune` for it "
             "first, or give the --storage it ran in"
         ) from None
-    if SETTINGS_ATTR not in study.user_attrs:
-        raise ValueError(f"study {study_name!r} was not made by medtune (no {SETTINGS_ATTR})")
+    if study_facts(study).settings is None:
+        raise ValueError(f"study {study_name!r} was not made by medtune (it records no "
+                         "medtune settings)")
     best = champion_trial(study)  # the best trial, or the re-checked finalists' champion
     if best is None:
         raise ValueError(
@@ -85,16 +85,17 @@ def export_best(
     if tolerance is not None and tolerance < 0:
         raise ValueError(f"tolerance must be >= 0, got {tolerance}")
     study, best = best_trial(study_name, storage)
-    recorded = study.user_attrs[SETTINGS_ATTR]  # the data and sizes the study was run with
+    record = study_facts(study)
+    recorded = record.settings  # the data and sizes the study was run with
     spec = recorded_spec(study)
     tolerance = spec.export["tolerance"] if tolerance is None else tolerance
     model_id = kept.champion_id(study)
     champion = model_kind(study, best, model_id)
     value = best.value
     if champion == "refit":
-        value = study.user_attrs[REFIT_ATTR]["value"]
+        value = record.refit["value"]
     elif champion == "ensemble":  # its mean over the finalists' held-in runs
-        value = study.user_attrs[FINALISTS_ATTR]["ensemble"]["mean"]
+        value = record.finalists["ensemble"]["mean"]
     replay = replay or model_id is None  # an older study: nothing kept to load
     params = {"study": study_name, "storage": mask_password(storage), "task": spec.name,
               "trial": best.number, "replay": replay, "image_size": recorded["image_size"],
@@ -132,19 +133,18 @@ def _replay(spec: StudySpec, study: optuna.Study, best: optuna.trial.FrozenTrial
     """Retrain `best` as it ran and check its value: the replayed value, the model (base and
     head as one, for a transfer task) and its predictor settings; `ReplayMismatch` when the
     value is off by more than `tolerance`."""
-    recorded = study.user_attrs[SETTINGS_ATTR]
+    recorded = study_facts(study).settings
     # A Keras Tuner trial trained Hyperband's epochs for it; an Optuna trial the study's.
     size, epochs = recorded["image_size"], facts(best).epochs or recorded["epochs"]
     problem, base, _ = prepare_problem(spec, recorded["data_dir"], size, recorded.get("base"),
                                        tracking_uri)
-    seed = facts(best).seed_or_number(best.number)
+    plan = Planned(spec, problem, best.params, epochs, facts(best).seed_or_number(best.number))
+    seed = plan.seed
     run.log_data(data_record(spec.data, problem.data))
     with fresh_keras_session():
         # The trial as it ran (same lifecycle, params and seed), without a pruner to stop it.
         try:
-            result = run_trial(spec, problem, best.params, run, epochs=epochs, seed=seed,
-                               baseline=bool(facts(best).baseline),
-                               verbose=verbose)
+            result = run_trial(plan, run, baseline=bool(facts(best).baseline), verbose=verbose)
         except optuna.TrialPruned as stop:  # stuck: the replay cannot reach the trial's value
             raise ReplayMismatch(f"replaying trial {best.number} of {study.study_name!r} (seed "
                                  f"{seed}) was stopped: {stop}. Not registered.") from None

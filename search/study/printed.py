@@ -7,7 +7,7 @@ import optuna
 
 from search.champion.finalists import summary_lines
 from search.engines.limits import COUNTED, counted_trials
-from search.records import FINALISTS_ATTR, REFIT_ATTR, TEST_ATTR, champion_trial, facts
+from search.records import champion_trial, facts, study_facts
 from search.tracking.study_run import StudyTracker
 
 
@@ -27,7 +27,8 @@ def print_summary(study: optuna.Study, tracker: StudyTracker, objective: str, ta
           f"{', '.join(f'{n} {what}' for n, what in counts)}; {duration(seconds)}")
     print(f"stopped because {why}")
     if counts[0][0]:
-        recheck = study.user_attrs.get(FINALISTS_ATTR)
+        record = study_facts(study)
+        recheck = record.finalists
         if recheck:
             print("\n".join(summary_lines(recheck, objective)))
         best = champion_trial(study)
@@ -37,14 +38,14 @@ def print_summary(study: optuna.Study, tracker: StudyTracker, objective: str, ta
         for key, value in best.params.items():
             print(f"  {key:16} {value}")
         print(f"best trial's MLflow run: {facts(best).run_id}")
-        refit = study.user_attrs.get(REFIT_ATTR)
+        refit = record.refit
         if refit and refit["trial"] == best.number:
             print(f"refit of trial #{best.number} from epoch {refit['from_epoch']} to "
                   f"{refit['epochs']}: {objective} {refit['value']:.4f} at epoch "
                   f"{refit['best_epoch']} ("
                   + ("the champion" if refit["champion"] else
                      "not above the trial's: the trial's weights stay the champion") + ")")
-        test = study.user_attrs.get(TEST_ATTR)
+        test = record.test
         if test and test["trial"] == best.number:  # judged once, never used to select
             which = "refit" if test.get("model") == "refit" else "best trial"
             scores = ", ".join(f"{k} {v:.4f}" for k, v in test.items()

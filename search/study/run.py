@@ -15,7 +15,7 @@ from search.champion.refit import refit_best
 from search.engines.catalog import DEFAULT as DEFAULT_ENGINE
 from search.engines.catalog import StudyRun, get_engine
 from search.engines.recovery import Recovery
-from search.records import attrs
+from search.records import attrs, note_study, study_facts
 from search.runtime.urls import mask_password
 from search.runtime.worker import MemoryGuard
 from search.spec.pruners import make_pruner, make_sampler
@@ -28,12 +28,7 @@ from search.tracking.runs import DataRecord
 from search.tracking.study_run import StudyTracker
 from search.trial.problems import Classification, Segmentation, make_problem
 
-SETTINGS_ATTR = "medtune_settings"  # what a continued study must agree on
 NEWER_SETTINGS = ("split", "synthetic")  # recorded since; older studies agree on them
-# The study file as the study last ran it (`StudySpec.record`): `medtune export` replays the
-# best trial with it, so a study made from a file of one's own, moved or edited since, still
-# exports.
-STUDY_FILE_ATTR = "medtune_study_file"
 
 
 def data_settings(spec: StudySpec, data_dir: str | None) -> dict:
@@ -72,15 +67,15 @@ def open_study(
     if settings.engine != DEFAULT_ENGINE:  # (studies of the default engine recorded none)
         identity["engine"] = settings.engine
     identity |= data_settings(spec, settings.data_dir)
-    study.set_user_attr("medtune_objective", spec.objective)  # for `compare`, which has no spec
-    recorded = study.user_attrs.get(SETTINGS_ATTR)
+    note_study(study, objective=spec.objective)  # for `compare`, which has no spec
+    recorded = study_facts(study).settings
     # A study made before a setting was recorded agrees on it: it is added to its record.
     if recorded is not None and (added := {k: v for k, v in identity.items()
                                            if k in NEWER_SETTINGS and k not in recorded}):
         recorded = {**recorded, **added}
-        study.set_user_attr(SETTINGS_ATTR, recorded)
+        note_study(study, settings=recorded)
     if recorded is None:
-        study.set_user_attr(SETTINGS_ATTR, identity)
+        note_study(study, settings=identity)
     elif recorded != identity:
         differs = ", ".join(
             f"{k}={recorded.get(k)!r} (now {v!r})" for k, v in identity.items()
@@ -91,7 +86,9 @@ def open_study(
             f"{differs}; trials with other settings are not comparable. Run with the same "
             "settings to continue it, or give a new study name (--study)."
         )
-    study.set_user_attr(STUDY_FILE_ATTR, spec.record())
+    # The study file as it ran: `medtune export` replays the best trial with it, so a study
+    # made from a file of one's own, moved or edited since, still exports.
+    note_study(study, study_file=spec.record())
     return study
 
 
@@ -132,9 +129,10 @@ def feature_base(base: str | None, size: int, tracking_uri: str | None) -> Featu
 def recorded_spec(study: optuna.Study) -> StudySpec:
     """The study file as the study last ran it (its record); today's task file for a study
     older than the record."""
-    if STUDY_FILE_ATTR in study.user_attrs:
-        return spec_from_record(study.user_attrs[STUDY_FILE_ATTR])
-    return load_spec(study.user_attrs[SETTINGS_ATTR]["task"])
+    record = study_facts(study)
+    if record.study_file is not None:
+        return spec_from_record(record.study_file)
+    return load_spec(record.settings["task"])
 
 
 def prepare_problem(spec: StudySpec, data_dir: str | None, image_size: int, base: str | None,

@@ -13,31 +13,31 @@ from mlflow.entities import RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from search.records import note_study, study_facts
 from search.runtime.worker import owner_alive, owner_id
 from search.tracking.runs import (
     log_params,
     mark_kind,
 )
 
-PARENT_ATTR = "mlflow_parent_run_id"  # study user attr: the parent run survives restarts
-OUTER_ATTR = "mlflow_run:"  # study user attrs `mlflow_run:<run id>` = owner of `mlflow run`'s run
-# study user attr: the process that made the study (`owner_id`); it makes the study's run, which
-# workers that joined the new study wait for (`StudyTracker.open`)
-MAKER_ATTR = "medtune_made_by"
+# study user attrs `mlflow_run:<run id>` = owner of `mlflow run`'s run: one per run, so that
+# workers never overwrite each other's (the rest of a study's record: `records.StudyFacts`)
+OUTER_ATTR = "mlflow_run:"
 JOIN_WAIT_SECONDS = 60.0  # for a maker on another host, whose death this one cannot see
 ATTR_WAIT_SECONDS = 5.0  # for the maker to record itself, just after making the study
 SETTLE_SECONDS = 1.0
 
 
 def record_maker(study: optuna.Study) -> None:
-    """Says that this process made `study` (so it makes the study's run)."""
-    study.set_user_attr(MAKER_ATTR, owner_id())
+    """Says that this process made `study`: it makes the study's run, which workers that
+    joined the new study wait for (`StudyTracker.open`)."""
+    note_study(study, made_by=owner_id())
 
 
 def made_elsewhere(study: optuna.Study) -> bool:
     """Whether another process made `study` (or one that has not said so yet: a worker can
     read a new study between its maker's creating it and recording itself)."""
-    return study.user_attrs.get(MAKER_ATTR) != owner_id()
+    return study_facts(study).made_by != owner_id()
 
 
 def await_parent(client: MlflowClient, study: optuna.Study) -> str | None:
@@ -49,14 +49,14 @@ def await_parent(client: MlflowClient, study: optuna.Study) -> str | None:
     this host's clock)."""
     started = time.monotonic()
     while True:
-        attrs = study.user_attrs  # read from the storage, not a cache
-        if recorded := attrs.get(PARENT_ATTR):
-            return existing_run(client, recorded)
+        record = study_facts(study)  # read from the storage, not a cache
+        if record.parent_run_id:
+            return existing_run(client, record.parent_run_id)
         waited = time.monotonic() - started
-        maker = attrs.get(MAKER_ATTR)
+        maker = record.made_by
         if (waited > JOIN_WAIT_SECONDS or (maker is None and waited > ATTR_WAIT_SECONDS)
                 or (maker is not None and owner_alive(maker) is False)):
-            return existing_run(client, study.user_attrs.get(PARENT_ATTR))  # (a last look)
+            return existing_run(client, study_facts(study).parent_run_id)  # (a last look)
         time.sleep(0.25)
 
 
@@ -66,9 +66,9 @@ def settle_parent(client: MlflowClient, study: optuna.Study, mine: str, pause: f
     workers that make a run all the same settle: the last to record wins, after a pause that
     lets the others' writes land, and the rest delete theirs (a run `mlflow run` made is kept:
     it becomes a pointer to the winner)."""
-    study.set_user_attr(PARENT_ATTR, mine)
+    note_study(study, parent_run_id=mine)
     time.sleep(pause)
-    winner = study.user_attrs[PARENT_ATTR]  # read from the storage, not a cache
+    winner = study_facts(study).parent_run_id  # read from the storage, not a cache
     if winner != mine and delete:
         client.delete_run(mine)
     return winner
@@ -108,7 +108,7 @@ def end_dead_outer_runs(client: MlflowClient, study: optuna.Study, current: str 
         except MlflowException:
             run = None  # the tracking store was reset
         if (run is not None and run.info.status == "RUNNING"
-                and run_id != study.user_attrs.get(PARENT_ATTR)):  # the study's run reopens
+                and run_id != study_facts(study).parent_run_id):  # the study's run reopens
             reason = (f"the process of this `mlflow run` ({owner}) died without ending its run "
                       f"(killed, e.g. kill -9, or out of memory); ended when study "
                       f"{study.study_name} next ran, by {owner_id()}")

@@ -16,7 +16,7 @@ import pandas as pd  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 from sklearn.metrics import ConfusionMatrixDisplay, RocCurveDisplay  # noqa: E402
 
-from search.records import facts
+from search.records import facts, study_facts
 from search.runtime.urls import mask_password  # noqa: E402
 
 
@@ -266,7 +266,7 @@ def study_history(study) -> plt.Figure:
     ax.plot([], [], "x", color="grey", label="pruned")
     ax.plot([], [], "x", color="tab:red", label="stuck or collapsed")
     ax.set_xlabel("epochs spent (all trials)")
-    ax.set_ylabel(study.user_attrs.get("medtune_objective", "value"))
+    ax.set_ylabel(study_facts(study).objective or "value")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()

@@ -29,14 +29,13 @@ from mlflow.entities import RunTag
 from mlflow.tracking import MlflowClient
 
 from search.outcomes import Stuck
-from search.records import facts, note
+from search.records import facts, note, study_facts
 from search.runtime.devices import device_tag
 from search.runtime.urls import mask_password
 from search.runtime.worker import owner_id, resident_mb
 from search.tracking import plots
 from search.tracking.joining import (
     OUTER_ATTR,
-    PARENT_ATTR,
     SETTLE_SECONDS,
     await_parent,
     end_dead_outer_runs,
@@ -90,7 +89,7 @@ class StudyTracker:
         client = MlflowClient(tracking_uri or mlflow.get_tracking_uri())
         outer = os.environ.get("MLFLOW_RUN_ID")  # set by `mlflow run` for the project's command
         end_dead_outer_runs(client, study, outer)
-        parent = existing_run(client, study.user_attrs.get(PARENT_ATTR))
+        parent = existing_run(client, study_facts(study).parent_run_id)
         if parent is None and joined:
             parent = await_parent(client, study)
         created = False
@@ -147,6 +146,8 @@ class StudyTracker:
         note(trial, run_id=run_id)
         log_params(self.client, run_id, {**fixed, **params})
         run = TrialRun(self.client, run_id, name)
+        if isinstance(trial, TrialRecord):
+            trial.run = run
         if self.data is not None:
             run.log_data(self.data)
         monitor = system_metrics(self.client, run_id)

@@ -12,12 +12,11 @@ from mlflow.entities import Metric, RunTag
 from mlflow.tracking import MlflowClient
 
 from search.records import (
-    REFIT_ATTR,
-    TEST_ATTR,
     champion_trial,
     current_finalists,
     ensemble_id,
     facts,
+    study_facts,
 )
 from search.tracking import plots
 from search.tracking.runs import now_ms
@@ -50,11 +49,12 @@ def summarize(client: MlflowClient, run_id: str, study: optuna.Study) -> None:
         tags |= {"best_trial": str(best.number),
                  "best_run_id": facts(best).run_id or ""}
         tags |= {f"best.{k}": str(v) for k, v in best.params.items()}
-        test = study.user_attrs.get(TEST_ATTR)
+        record = study_facts(study)
+        test = record.test
         if test and test["trial"] == best.number:  # the test split, judged once at the end
             metrics |= {k: v for k, v in test.items() if k.startswith("test_")}
             tags |= {"test_trial": str(test["trial"]), "test_model": test.get("model", "trial")}
-        refit = study.user_attrs.get(REFIT_ATTR)
+        refit = record.refit
         if refit and refit["trial"] == best.number:
             metrics["refit_value"] = refit["value"]
             tags |= {"refit_run_id": refit.get("run_id") or "",
@@ -91,6 +91,6 @@ def _log_recheck(client: MlflowClient, run_id: str, study: optuna.Study,
                 Metric("trial.recheck_mean", result["mean"], stamp, 0),
                 Metric("trial.recheck_sd", result["sd"], stamp, 0),
                 Metric("trial.recheck_runs", result["n"], stamp, 0)])
-    figure = plots.finalists(recheck, study.user_attrs.get("medtune_objective", "value"))
+    figure = plots.finalists(recheck, study_facts(study).objective or "value")
     client.log_figure(run_id, figure, "study_plots/finalists.png")
     plt.close(figure)

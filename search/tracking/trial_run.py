@@ -130,6 +130,7 @@ class TrialRecord:
     def __init__(self, number: int):
         self.number = number
         self.user_attrs: dict[str, Any] = {}
+        self.run: TrialRun | None = None  # its child run, once made: its curves outlive it
 
     def set_user_attr(self, key: str, value: Any) -> None:
         self.user_attrs[key] = value

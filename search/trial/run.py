@@ -1,6 +1,7 @@
-"""One trial, the same for every engine and for the export replay: build the configuration's
-model, train it (seeded; early stopping; stopped when stuck, diverged or NaN), score it on
-validation and log its artifacts.
+"""One trial, the same for every engine, the refit, the finalists and the export replay: build
+the configuration's model, train it (seeded; early stopping; stopped when stuck, diverged or
+NaN), score it on validation and log its artifacts. `Planned` is what it trains (its settings
+worked out once); `trial_of_study` is one trial of a study, its child run around it.
 
 Engines decide which configurations run, for how many epochs, and what a trial's end means to
 them (`search.engines.optuna_engine`, `search.engines.keras_tuner_engine`); this module decides
@@ -11,15 +12,18 @@ keeps a copy.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Any
 
 import keras
+import optuna
 
 from search.outcomes import Stuck
 from search.spec.study_files import StudySpec
-from search.tracking.trial_run import TrialRun
+from search.tracking.study_run import StudyTracker
+from search.tracking.trial_run import TrialRecord, TrialRun
 from search.trial.checkpoints import Checkpoint
 from search.trial.problems import Classification, Segmentation
 from search.trial.stopping import StuckOrDiverged
@@ -30,6 +34,7 @@ from search.trial.training import (
     check_finite,
     compiled_model,
     fit,
+    fresh_keras_session,
 )
 
 # A continued trial (a Hyperband promotion, the champion's refit) starts from kept weights with a
@@ -90,21 +95,51 @@ class TrialHistory(keras.callbacks.Callback):
                 if len(v) >= epoch - self.first}
 
 
-def fixed_params(spec: StudySpec, problem: Classification | Segmentation,
-                 params: Mapping[str, Any], epochs: int) -> dict[str, Any]:
-    """What a trial's run records beside its searched params: the study file's fixed settings,
-    its epochs and the input shape the data gives."""
-    return {**spec.fixed, "epochs": epochs, "input_shape": problem.config(params)["input_shape"]}
+@dataclass(frozen=True)
+class Planned:
+    """One configuration to train: its params, epochs and seed, and the model's and training's
+    settings they make (`problem.config`, worked out once)."""
+
+    spec: StudySpec
+    problem: Classification | Segmentation
+    params: Mapping[str, Any]
+    epochs: int
+    seed: int
+    config: dict[str, Any] = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "config", self.problem.config(self.params))
+
+    def fixed(self, **extra: Any) -> dict[str, Any]:
+        """What its run records beside the searched params: the study file's fixed settings,
+        its epochs, the input shape the data gives, and `extra` (what the caller adds)."""
+        return {**self.spec.fixed, "epochs": self.epochs,
+                "input_shape": self.config["input_shape"], **extra}
+
+
+@contextmanager
+def trial_of_study(tracker: StudyTracker, trial: optuna.Trial | TrialRecord, plan: Planned, *,
+                   name: str | None = None, kind: str = "trial",
+                   extra: Mapping[str, Any] | None = None, checkpoint: Checkpoint | None = None,
+                   **training: Any) -> Iterator[tuple[TrialRun, TrialResult]]:
+    """One trial of a study, as Optuna's objective, Keras Tuner, the refit and the finalists
+    all run it: its child run (ended by how the trial ends), a fresh Keras session, the
+    checkpoint removed when it ends (unless by Ctrl-C), and the training (`run_trial`, with
+    `training`'s arguments). The body keeps what it needs while the run is still open."""
+    with (tracker.trial_run(trial, plan.params, plan.fixed(**(extra or {})), name=name,
+                            kind=kind) as run,
+          fresh_keras_session()):
+        if checkpoint is None:
+            yield run, run_trial(plan, run, **training)
+        else:
+            with checkpoint.removed_unless_interrupted():
+                yield run, run_trial(plan, run, checkpoint=checkpoint, **training)
 
 
 def run_trial(
-    spec: StudySpec,
-    problem: Classification | Segmentation,
-    params: Mapping[str, Any],
+    plan: Planned,
     run: TrialRun,
     *,
-    epochs: int,
-    seed: int,
     restore: Restore | None = None,
     checkpoint: Checkpoint | None = None,
     pruning: keras.callbacks.Callback | None = None,
@@ -112,14 +147,15 @@ def run_trial(
     baseline: bool = False,
     verbose: bool = True,
 ) -> TrialResult:
-    """Train `params` for up to `epochs` epochs and return the best epoch's value and model.
+    """Train `plan` for up to its epochs and return the best epoch's value and model.
 
     Raises `Stuck` (an Optuna TrialPruned) when the trial is stuck at chance, the pruner's
     TrialPruned when `pruning` stops it, and `TrialFailed` when its loss diverged or became NaN.
     `restore` continues earlier training; `checkpoint` saves epochs for a retry to resume.
     `baseline`: a lab recipe, which the stuck stop leaves alone longer (`search.trial.stopping`).
     """
-    config = problem.config(params)
+    spec, problem, config, epochs, seed = (plan.spec, plan.problem, plan.config, plan.epochs,
+                                           plan.seed)
     history = TrialHistory(subscribers=[run])
     run.follow(history.values)
     keras.utils.set_random_seed(seed)  # before building: the same seed, the same start
