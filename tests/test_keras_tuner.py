@@ -37,6 +37,12 @@ def test_keras_tuner_runs_hyperband_with_parent_and_child_runs(workdir, tiny_ski
     assert [t.state for t in study.trials] == [TS.COMPLETE] * 4
     epochs = {c.info.run_id: int(c.data.params["epochs"]) for c in children}
     assert {t.user_attrs["mlflow_run_id"]: t.user_attrs["epochs"] for t in study.trials} == epochs
+    # Its Optuna steps number epochs from 0, as an Optuna trial's do: a continued trial's
+    # first is the epoch it continued from.
+    initial = {c.info.run_id: int(c.data.params["initial_epoch"]) for c in children}
+    for t in study.trials:
+        first = initial[t.user_attrs["mlflow_run_id"]]
+        assert sorted(t.intermediate_values) == list(range(first, t.user_attrs["epochs"]))
     assert min(epochs.values()) < 3  # Hyperband's first rung: fewer than the study's epochs
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"trials.csv", "manifest.json"} <= artifacts

@@ -249,7 +249,7 @@ def test_resident_memory_stays_bounded_over_12_trials(tmp_path):
     first). Checked over 12 trials: every trial of a process but its last ends within 40 MB
     (+15 for the moment of reading) of that process's first; the last one is the trial that
     crossed the line, after which a fresh process takes over the same study. Twelve trials are
-four to six processes, enough to see it restart more than once.
+    four to six processes, enough to see it restart more than once.
     (Where a fresh process starts varies by up to ~80 MB, which is not growth.)"""
     from datasets import synthetic
 

@@ -43,8 +43,9 @@ def make_objective(
         checkpoint = Checkpoint.of_trial(storage, trial.study.study_name, number,
                                          spec.recovery["checkpoint_every_s"])
         resume = origin is not None and checkpoint.exists()
-        plan = Planned(spec, problem, params, epochs, seed + number)  # a replay with the same
-        note(trial, seed=plan.seed)  # seed retrains the same way
+        # A replay with the same seed retrains the same way.
+        plan = Planned(spec, problem, params, epochs, seed + number)
+        note(trial, seed=plan.seed)
         with trial_of_study(
             tracker, trial, plan, checkpoint=checkpoint,
             restore=checkpoint.restore if resume else None,
