@@ -66,8 +66,8 @@ RECOVERY_KEYS = ("heartbeat_interval", "grace_period", "retries", "checkpoint_ev
                  "restart_after_growth_mb")
 
 # What `_defaults.toml` may set for one kind of task alone (`[segmentation]`): its budgets,
-# pruner, training and selection, between the shared defaults and the task's own file.
-KIND_TABLES = ("budget", "pruner", "training", "selection")
+# pruner, training, selection and first guess, between the shared defaults and the task's file.
+KIND_TABLES = ("budget", "pruner", "training", "selection", "start")
 
 STUDY = Table(
     {
