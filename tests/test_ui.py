@@ -231,6 +231,9 @@ def test_the_models_tab_lists_the_kept_models_with_their_metrics(study, mlflow_u
         for column in ("accuracy", "auc", "balanced_accuracy", "loss"):
             toggle_column(page, column)
         page.keyboard.press("Escape")
+        # The grid draws a new column's header a moment after the column itself: wait for it.
+        from playwright.sync_api import expect
+        expect(page.locator('[role="columnheader"]').last).to_have_text("val_loss")
         headers = page.locator('[role="columnheader"]').all_inner_texts()
         assert headers[-4:] == ["val_accuracy", "val_auc", "val_balanced_accuracy",
                                 "val_loss"]
