@@ -1,6 +1,10 @@
+import contextlib
+import fcntl
+import io
 import os
 import shutil
 import sqlite3
+from collections.abc import Callable
 
 # Before TensorFlow is imported anywhere: keep its start-up chatter out of the test log.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -15,6 +19,26 @@ from PIL import Image  # noqa: E402
 from servers import mlflow_server, postgres_url  # noqa: E402, F401
 
 SHARED_MEDMNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "medmnist"
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow(seconds): about how long the test takes alone on "
+                            "two cores; the longest start first (`-m 'not slow'`: the rest)")
+
+
+def pytest_collection_modifyitems(items):
+    """Longest first, so that the workers end together: the last test to start is a short one."""
+    def seconds(item) -> float:
+        mark = item.get_closest_marker("slow")
+        return mark.args[0] if mark else 0.0
+
+    items.sort(key=seconds, reverse=True)  # stable: the rest in their files' order
+
+
+def pytest_xdist_auto_num_workers(config) -> int:
+    """`-n auto`: a worker more than the cores. A test spends much of its time waiting on a
+    subprocess, a server or a file lock; the extra worker keeps both cores busy meanwhile."""
+    return min((os.cpu_count() or 1) + 1, 4)
 
 
 @pytest.fixture(autouse=True)
@@ -126,15 +150,34 @@ def finished(workdir, name):
 
 
 
-@pytest.fixture(scope="session")
-def lenet_template(tmp_path_factory) -> Path:
-    """A 2-trial LeNet study of a tiny Skin set, trained once per test session; tests that only
-    read it, or change a copy of it, take `copy_stores(lenet_template, ...)` instead of training
-    their own. Its checkpoint folder is `checkpoints/` inside it."""
+def built_once(tmp_path_factory, name: str, build: Callable[[Path], None]) -> Path:
+    """A folder `build` fills once per test run, whichever xdist worker asks first; the others
+    wait for it on a file lock and read the same folder. (A session fixture alone is built
+    once per worker.) Tests that change what is in it take a copy."""
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent  # the run's folder, which its workers share
+    folder = base / f"once-{name}"
+    with open(base / f"once-{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (folder / ".built").exists():
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
+            build(folder)
+            (folder / ".built").touch()
+    return folder
+
+
+def tuned_study(root: Path, *args: str, test_split: bool = False) -> Path:
+    """`medtune tune` of LeNet on a tiny synthetic Skin set in `root` (with a test split that
+    copies validation, where asked, so its score agrees with the trials'); the stores in
+    `root/stores`, the checkpoints in `root/checkpoints`."""
     from datasets import synthetic
 
-    root = tmp_path_factory.mktemp("lenet_template")
     synthetic.write_skin(root / "course", n_train=24, n_val=12, size=32, seed=1)
+    if test_split:
+        skin = root / "course" / "Lab2" / "Skin"
+        shutil.copytree(skin / "validation", skin / "test")
     stores = root / "stores"
     stores.mkdir()
     with pytest.MonkeyPatch.context() as patch:
@@ -143,9 +186,18 @@ def lenet_template(tmp_path_factory) -> Path:
             patch.delenv(name, raising=False)
         patch.setenv("MEDTUNE_CACHE", str(root / "cache"))
         patch.setenv("MEDTUNE_CHECKPOINTS", str(root / "checkpoints"))
-        assert tune(stores, "--task", "lenet_skin", "--n-trials", "2", "--data-dir",
-                    str(root / "course")) == 0
+        assert tune(stores, *args, "--data-dir", str(root / "course")) == 0
     return stores
+
+
+@pytest.fixture(scope="session")
+def lenet_template(tmp_path_factory) -> Path:
+    """A 2-trial LeNet study of a tiny Skin set, trained once per test run; tests that only
+    read it, or change a copy of it, take `copy_stores(lenet_template, ...)` instead of training
+    their own. Its checkpoint folder is `checkpoints/` beside it."""
+    root = built_once(tmp_path_factory, "lenet", lambda folder: tuned_study(
+        folder, "--task", "lenet_skin", "--n-trials", "2"))
+    return root / "stores"
 
 
 def copy_stores(template: Path, dest: Path) -> Path:
@@ -160,4 +212,27 @@ def copy_stores(template: Path, dest: Path) -> Path:
                            if c[2].upper().startswith(("VARCHAR", "TEXT"))]:
                 db.execute(f"UPDATE {table} SET {column} = replace({column}, ?, ?) "
                            f"WHERE {column} LIKE ?", (str(template), str(dest), f"%{template}%"))
+    # MLflow keeps a run's artifact store by run id for the process: the copy's runs have the
+    # template's ids, and must not write into the template's folder.
+    from mlflow.tracking._tracking_service import utils
+
+    utils._artifact_repos_cache.clear()
     return dest
+
+
+@pytest.fixture(scope="session")
+def finalists_template(tmp_path_factory) -> Path:
+    """A 3-trial LeNet study whose two best trials were each trained twice more with other
+    seeds (`--finalists 2`, `[selection] small_data = 0`), then judged on a test split that
+    copies validation; trained once per test run. Beside its `stores/`: the study file
+    `lenet_skin.toml`, the data `course/` and what `medtune tune` printed, `out.txt`."""
+    def build(folder: Path) -> None:
+        task = folder / "lenet_skin.toml"  # the task's own name: the study is `lenet_skin`
+        task.write_text((Path(__file__).parents[1] / "studies" / "lenet_skin.toml").read_text()
+                        + "\n[selection]\nsmall_data = 0\n")
+        with contextlib.redirect_stdout(io.StringIO()) as out:
+            tuned_study(folder, "--task", str(task), "--n-trials", "3", "--finalists", "2",
+                        test_split=True)
+        (folder / "out.txt").write_text(out.getvalue())
+
+    return built_once(tmp_path_factory, "finalists", build)

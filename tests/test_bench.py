@@ -73,6 +73,7 @@ def section(out, name: str) -> str:
     return text.split(start)[1].split(end)[0]
 
 
+@pytest.mark.slow(40)
 def test_overhead_smoke(out, monkeypatch):
     client = smoke(overhead, out, monkeypatch)
     files = logged(client, "overhead")
@@ -92,6 +93,7 @@ def test_overhead_smoke(out, monkeypatch):
     assert (out / "plots" / "overhead-breakdown.png").read_bytes()[:4] == b"\x89PNG"
 
 
+@pytest.mark.slow(60)
 def test_startup_smoke(out, monkeypatch):
     client = smoke(startup, out, monkeypatch)
     files = logged(client, "startup")
@@ -105,6 +107,7 @@ def test_startup_smoke(out, monkeypatch):
     assert "Goal: cached data work" in section(out, "startup")
 
 
+@pytest.mark.slow(100)
 def test_default_run_smoke(out, monkeypatch):
     """On data with a test split, so the lab's recipe also trains with plain keras.fit."""
     import shutil
@@ -127,6 +130,7 @@ def test_default_run_smoke(out, monkeypatch):
     assert not list(out.glob("work/default-run-*"))  # the working copy is removed
 
 
+@pytest.mark.slow(200)
 def test_kept_models_smoke(out, monkeypatch):
     client = smoke(kept_models, out, monkeypatch)
     assert {"tables/export.csv", "tables/storage.csv"} <= set(logged(client, "kept_models"))
@@ -141,6 +145,7 @@ def test_kept_models_smoke(out, monkeypatch):
     assert not list(out.glob("work/kept-models-*"))  # the working copy is removed
 
 
+@pytest.mark.slow(40)
 def test_shifted_smoke(out, monkeypatch):
     client = smoke(shifted, out, monkeypatch)
     _, rows = table(client, "shifted", "shifted", out)
@@ -197,6 +202,7 @@ def test_run_all_rejects_unknown_names(capsys):
     assert "unknown benchmark" in capsys.readouterr().err
 
 
+@pytest.mark.slow(170)
 def test_search_efficiency_smoke(tmp_path, monkeypatch):
     """Benchmark 2 writes into its own folder: the shared results file must keep its empty
     `search` section for the test above, whatever order the tests run in."""

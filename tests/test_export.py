@@ -236,6 +236,7 @@ def test_a_segmenter_exports_lung_masks(workdir, tiny_course):
     assert masks.shape == (2, 32, 32) and masks.min() >= 0 and masks.max() <= 1
 
 
+@pytest.mark.slow(60)
 def test_a_transfer_model_exports_base_and_head_as_one(workdir, tiny_course):
     """VGG16 trained on Bone, exported; its conv part as the transfer base; that exported too."""
     data = ["--data-dir", str(tiny_course), "--n-trials", "1"]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-from conftest import TS, runs, tune
+from conftest import TS, copy_stores, runs, tune
 
 from search.cli import main
 from search.engines.limits import epochs_spent
@@ -22,13 +22,11 @@ def study_file(folder, selection: str) -> str:
     return str(path)
 
 
-def test_the_finalists_are_retrained_and_the_best_mean_is_champion(workdir, tiny_skin, capsys):
-    skin = tiny_skin / "Lab2" / "Skin"
-    shutil.copytree(skin / "validation", skin / "test")  # test = validation: the scores agree
-    task = study_file(workdir, "small_data = 0")  # other seeds, not folds
-    assert tune(workdir, "--task", task, "--n-trials", "3", "--finalists", "2",
-                "--data-dir", str(tiny_skin)) == 0
-    out = capsys.readouterr().out
+@pytest.mark.slow(40)
+def test_the_finalists_are_retrained_and_the_best_mean_is_champion(workdir, finalists_template,
+                                                                   capsys):
+    copy_stores(finalists_template / "stores", workdir)  # 3 trials, 2 finalists, other seeds
+    out = (finalists_template / "out.txt").read_text()
     study = optuna.load_study(study_name="lenet_skin", storage=f"sqlite:///{workdir}/optuna.db")
     record = study_facts(study).finalists
     done = sorted(study.get_trials(states=(TS.COMPLETE,)), key=lambda t: (-t.value, t.number))
@@ -75,8 +73,8 @@ def test_the_finalists_are_retrained_and_the_best_mean_is_champion(workdir, tiny
     assert f"{mine['mean']:.4f} ± {mine['sd']:.4f} (3)" in capsys.readouterr().out
 
     # The same command again: the finalists are the same, so nothing is retrained.
-    assert tune(workdir, "--task", task, "--n-trials", "3", "--finalists", "2",
-                "--data-dir", str(tiny_skin)) == 0
+    assert tune(workdir, "--task", str(finalists_template / "lenet_skin.toml"), "--n-trials",
+                "3", "--finalists", "2", "--data-dir", str(finalists_template / "course")) == 0
     assert len([c for c in runs(workdir)[2] if c.data.tags["medtune.kind"] == "finalist"]) == 4
 
 
@@ -131,6 +129,7 @@ def test_the_champion_is_the_rechecked_pick_only_while_its_finalists_are_the_bes
     assert champion_trial(study).number == 3  # passed since: the re-check no longer holds
 
 
+@pytest.mark.slow(70)
 def test_the_finalists_ensemble_is_weighed_on_their_folds_and_taken_as_one_model(
         workdir, tiny_skin, capsys, monkeypatch):
     """Two finalists on 3 folds: the ensemble of their fold models is scored on each fold's

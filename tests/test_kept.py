@@ -36,6 +36,7 @@ def kept_models(client: MlflowClient, study: str) -> dict[str, str]:
         ids, filter_string=f"tags.`medtune.study` = '{study}'")}
 
 
+@pytest.mark.slow(40)
 def test_the_best_trials_keep_their_models_and_a_model_pushed_out_is_deleted(workdir,
                                                                              tiny_skin):
     task = study_file(workdir, top_k=1)
@@ -78,6 +79,7 @@ def test_the_best_trials_keep_their_models_and_a_model_pushed_out_is_deleted(wor
     assert not any(second_files.rglob("*"))  # trial 1's files went with its model
 
 
+@pytest.mark.slow(100)
 def test_another_machine_refits_judges_and_exports_from_mlflow_without_retraining(
         tmp_path, mlflow_server):
     """`tune` on one host; on another (its own working folder, cache and checkpoints; the same

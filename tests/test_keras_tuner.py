@@ -1,12 +1,14 @@
 """The second engine: Keras Tuner Hyperband on the same task, logged in the same form."""
 
 import optuna
+import pytest
 from conftest import TS, runs, tune
 from mlflow.tracking import MlflowClient
 
 from search.cli import main
 
 
+@pytest.mark.slow(60)
 def test_keras_tuner_runs_hyperband_with_parent_and_child_runs(workdir, tiny_skin, capsys):
     args = ["--task", "lenet_skin", "--engine", "keras-tuner", "--epochs", "3",
             "--data-dir", str(tiny_skin)]
@@ -72,6 +74,7 @@ def test_export_replays_a_keras_tuner_trial_for_its_own_epochs(workdir, tiny_ski
     assert abs(export.data.metrics["replay_difference"]) <= 0.02
 
 
+@pytest.mark.slow(50)
 def test_compare_sets_the_two_engines_side_by_side(workdir, tiny_skin, capsys):
     data = ["--task", "lenet_skin", "--n-trials", "2", "--data-dir", str(tiny_skin)]
     assert tune(workdir, *data) == 0

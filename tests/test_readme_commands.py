@@ -33,6 +33,7 @@ def test_the_readme_lists_each_entry_point():
     assert entry_points == {"tune", "tasks", "compare", "export", "report", "dashboard"}
 
 
+@pytest.mark.slow(220)
 def test_every_readme_mlflow_run_command_works_as_written(tmp_path, tiny_course):
     copy = working_copy(tmp_path / "medtune")
     bin_dir = Path(sys.executable).parent  # the venv's `mlflow` and `python`, as when active

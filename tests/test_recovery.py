@@ -97,6 +97,7 @@ def running_trial(storage: str, name: str, worker: subprocess.Popen, *, epochs: 
             return victim
 
 
+@pytest.mark.slow(110)
 def test_kill_9_twice_through_mlflow_run_loses_nothing(tmp_path, skin_data):
     """The README's command, its whole process group killed with kill -9 mid-trial twice,
     then run again: the study ends with the trials asked for, each dead trial retried from its
@@ -153,6 +154,7 @@ def test_kill_9_twice_through_mlflow_run_loses_nothing(tmp_path, skin_data):
     assert not list(checkpoints.glob("t*"))  # every trial ended: no checkpoint left
 
 
+@pytest.mark.slow(50)
 def test_ctrl_c_ends_with_one_line_and_the_cut_trial_is_retried(tmp_path, skin_data):
     storage, tracking = f"sqlite:///{tmp_path}/optuna.db", f"sqlite:///{tmp_path}/mlflow.db"
     command = tune_command(study_file(tmp_path), skin_data, storage, tracking,
@@ -182,6 +184,7 @@ def test_ctrl_c_ends_with_one_line_and_the_cut_trial_is_retried(tmp_path, skin_d
     assert client.get_run(cut.user_attrs["mlflow_run_id"]).info.status != "RUNNING"
 
 
+@pytest.mark.slow(70)
 def test_two_workers_share_one_journal_study(tmp_path, skin_data):
     storage = f"journal:{tmp_path}/study.log"
     tracking = f"sqlite:///{tmp_path}/mlflow.db"
@@ -216,6 +219,7 @@ def check_shared_study(storage: str, tracking: str, *, n_trials: int, workers: i
     assert {t.user_attrs["mlflow_run_id"] for t in finished} == {r.info.run_id for r in children}
 
 
+@pytest.mark.slow(80)
 def test_two_machines_share_postgresql_and_an_mlflow_server(tmp_path, skin_data, postgres_url,
                                                             mlflow_server):
     """Two workers started separately (as on two hosts) on one PostgreSQL study, logging to a
@@ -241,6 +245,7 @@ def test_two_machines_share_postgresql_and_an_mlflow_server(tmp_path, skin_data,
     assert "***" in parent.data.params["storage"]
 
 
+@pytest.mark.slow(120)
 def test_resident_memory_stays_bounded_over_12_trials(tmp_path):
     """Keras keeps a few MB per trial even after clear_session + gc (see MemoryGuard: 5-11 MB
     per trial measured here, so a 200-trial worker would grow by 1-2 GB). With

@@ -3,11 +3,10 @@ images inline and its Markdown twin, logged to the study's run."""
 
 import base64
 import re
-import shutil
 
 import optuna
 import pytest
-from conftest import runs, tune
+from conftest import copy_stores, runs, tune
 
 from search.cli import main
 from search.records import study_facts
@@ -22,12 +21,12 @@ def test_wilson_interval_matches_its_formula_and_stays_in_bounds():
     assert wilson(0.5, 1000)[1] - wilson(0.5, 1000)[0] < wilson(0.5, 100)[1] - wilson(0.5, 100)[0]
 
 
-def test_a_study_report_holds_its_sections_inline_and_is_logged(workdir, tiny_skin, capsys):
-    skin = tiny_skin / "Lab2" / "Skin"
-    shutil.copytree(skin / "validation", skin / "test")
-    assert tune(workdir, "--task", "lenet_skin", "--n-trials", "4", "--finalists", "2",
-                "--data-dir", str(tiny_skin)) == 0  # (`--no-report`: test_ui sees it written)
-    assert not (workdir / "reports").exists() and "report:" not in capsys.readouterr().out
+@pytest.mark.slow(30)
+def test_a_study_report_holds_its_sections_inline_and_is_logged(workdir, finalists_template,
+                                                               capsys):
+    copy_stores(finalists_template / "stores", workdir)  # 3 trials, 2 finalists, a test split
+    # (`--no-report`: test_ui sees `medtune tune` write it)
+    assert "report:" not in (finalists_template / "out.txt").read_text()
     assert main(["report", "--study", "lenet_skin", "--storage", f"sqlite:///{workdir}/optuna.db",
                  "--tracking-uri", f"sqlite:///{workdir}/mlflow.db"]) == 0
     assert "report: reports/lenet_skin/report.html" in capsys.readouterr().out
@@ -62,6 +61,7 @@ def test_a_study_report_holds_its_sections_inline_and_is_logged(workdir, tiny_sk
     assert {"report/report.html", "report/report.md"} <= logged
 
 
+@pytest.mark.slow(60)
 def test_report_compares_studies_and_names_an_unknown_one(workdir, tiny_skin, capsys):
     for name, seed in (("first", "0"), ("second", "1")):
         assert tune(workdir, "--task", "lenet_skin", "--study", name, "--n-trials", "2",

@@ -20,6 +20,7 @@ REPO = Path(__file__).resolve().parents[1]
 TS = optuna.trial.TrialState
 
 
+@pytest.mark.slow(70)
 def test_two_trial_study_logs_parent_children_epochs_and_plots(workdir, tiny_skin, capsys):
     assert tune(workdir, "--task", "vgg_skin", "--n-trials", "2", "--data-dir", str(tiny_skin)) == 0
 
@@ -86,6 +87,7 @@ def test_two_trial_study_logs_parent_children_epochs_and_plots(workdir, tiny_ski
     assert f"best trial: #{best.number}" in out and parent.info.run_id in out
 
 
+@pytest.mark.slow(60)
 def test_rerun_continues_the_same_study_and_parent_run(workdir, tiny_skin):
     args = ["--task", "lenet_skin", "--data-dir", str(tiny_skin)]
     assert tune(workdir, *args, "--n-trials", "2") == 0
@@ -193,6 +195,7 @@ ARTIFACTS = {
 
 
 @pytest.mark.parametrize("task", sorted(ARTIFACTS))
+@pytest.mark.slow(50)
 def test_each_lab_task_runs_a_two_trial_study(workdir, tiny_course, task):
     assert tune(workdir, "--task", task, "--n-trials", "2", "--data-dir", str(tiny_course)) == 0
 
@@ -211,6 +214,7 @@ def test_each_lab_task_runs_a_two_trial_study(workdir, tiny_course, task):
             children[0].info.run_id, "plots")}
 
 
+@pytest.mark.slow(60)
 def test_compare_lists_the_best_trial_of_each_study(workdir, tiny_skin, capsys):
     for task in ("lenet_skin", "mlp_skin"):
         assert tune(workdir, "--task", task, "--n-trials", "2", "--data-dir", str(tiny_skin)) == 0
@@ -309,6 +313,7 @@ def test_a_test_split_judges_the_best_trial_once_at_the_end(workdir, tiny_skin, 
     assert f"| {round(test['test_accuracy'], 4)} |" in row
 
 
+@pytest.mark.slow(50)
 def test_the_refit_continues_the_best_trial_and_the_champion_is_judged(workdir, tiny_skin,
                                                                        capsys):
     """--refit-epochs: the best trial continues from its best epoch's weights in its own child

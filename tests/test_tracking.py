@@ -60,6 +60,7 @@ def test_a_run_shorter_than_one_sample_interval_still_gets_system_metrics(trial_
     assert any(k.startswith("system/system_memory_usage") for k in metrics)
 
 
+@pytest.mark.slow(70)
 def test_under_mlflow_run_its_run_is_the_study_run_two_levels_and_dead_runs_end_killed(
         workdir, tiny_skin, monkeypatch):
     client = MlflowClient(f"sqlite:///{workdir}/mlflow.db")

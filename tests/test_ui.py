@@ -17,6 +17,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from conftest import built_once
 from mlflow.tracking import MlflowClient
 from servers import _mlflow_command, _stop_group, free_port, log_tail
 
@@ -36,10 +37,14 @@ def child_env(folder: Path) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def study(tmp_path_factory) -> Path:
-    """A finished LeNet study on small synthetic Skin data, run as `medtune tune`."""
+    """A finished LeNet study on small synthetic Skin data, run as `medtune tune` once per
+    test run (the tests only read it)."""
+    return built_once(tmp_path_factory, "ui", tune_as_users_do)
+
+
+def tune_as_users_do(folder: Path) -> None:
     from datasets import synthetic
 
-    folder = tmp_path_factory.mktemp("ui")
     synthetic.write_skin(folder / "course", n_train=N_TRAIN, n_val=N_TRAIN // 2, size=32,
                          seed=1)
     done = subprocess.run(
@@ -49,7 +54,6 @@ def study(tmp_path_factory) -> Path:
          "--storage", f"sqlite:///{folder}/optuna.db"],
         cwd=folder, env=child_env(folder), capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    return folder
 
 
 def serve(command: list[str], folder: Path, url: str, name: str) -> subprocess.Popen:
@@ -75,6 +79,7 @@ def serve(command: list[str], folder: Path, url: str, name: str) -> subprocess.P
         time.sleep(0.5)
 
 
+@pytest.mark.slow(70)
 def test_dashboard_serves_the_study_on_loopback(study):
     port = free_port()
     proc = serve([sys.executable, "-m", "search.cli", "dashboard", "--port", str(port),
@@ -136,6 +141,7 @@ def screenshot(page, tmp_path: Path, name: str) -> Path:
 
 
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium (apt install chromium)")
+@pytest.mark.slow(50)
 def test_the_mlflow_ui_shows_the_study_its_trials_objective_charts_and_data(
         study, mlflow_ui, tmp_path):
     client = MlflowClient(f"sqlite:///{study}/mlflow.db")
